@@ -1,0 +1,192 @@
+"""The dispatch API: a FastAPI app over the ledger, with per-task bearer tokens and an admin token."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from event_service import __version__
+from event_service.errors import (
+    LedgerUnavailableError,
+    RangeNotFoundError,
+    TaskExistsError,
+    TaskNotFoundError,
+)
+from event_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from event_service.ledger import Ledger, TaskRecord
+from event_service.models import (
+    ClaimReply,
+    ClaimRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    TaskCreated,
+    TaskStatus,
+    UpdateReply,
+    UpdateRequest,
+)
+from event_service.spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "EVENT_SERVICE_ADMIN_TOKEN"
+DB_ENV = "EVENT_SERVICE_DB"
+PREFIX = "/api/v1"
+
+_bearer = HTTPBearer(auto_error=False, description="a task token, or the admin token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"loc": loc, "field": ".".join(loc), "msg": message, "type": error.get("type")})
+    return errors
+
+
+def _ledger(request: Request) -> Ledger:
+    return request.app.state.ledger
+
+
+def _is_admin(request: Request, token: str) -> bool:
+    admin_token: str | None = request.app.state.admin_token
+    return admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode())
+
+
+def require_admin(request: Request, credentials: Credentials) -> None:
+    """The admin token, needed to create, list and cancel tasks."""
+    if credentials is None:
+        raise _unauthorized("missing bearer token")
+    if request.app.state.admin_token is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"this server has no admin token; set {ADMIN_TOKEN_ENV} to create or cancel tasks")
+    if not _is_admin(request, credentials.credentials):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin token is required")
+
+
+def task_access(task: str, request: Request, credentials: Credentials) -> TaskRecord:
+    """The task's own token (or the admin token) for the task named in the path."""
+    if credentials is None:
+        raise _unauthorized("missing bearer token")
+    ledger = _ledger(request)
+    record = ledger.task(task)
+    token = credentials.credentials
+    if not (_is_admin(request, token) or ledger.check_token(task, token)):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"the token is not valid for task {task!r}")
+    return record
+
+
+Admin = Annotated[None, Depends(require_admin)]
+Task = Annotated[TaskRecord, Depends(task_access)]
+
+
+def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               close_ledger: bool = False) -> FastAPI:
+    """The dispatch API over ``ledger``. Without an admin token, creating and cancelling tasks is refused."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_ledger:
+            ledger.close()
+
+    app = FastAPI(
+        title="Event Service dispatch API",
+        version=__version__,
+        description="Claim event ranges, report them, renew leases. Workers authenticate with their task's "
+                    "token (`Authorization: Bearer <token>`); creating and cancelling tasks needs the admin token.",
+        lifespan=lifespan,
+    )
+    app.state.ledger = ledger
+    app.state.admin_token = admin_token
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": errors, "message": message}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(TaskNotFoundError)
+    @app.exception_handler(RangeNotFoundError)
+    async def _not_found(_request: Request, exc: KeyError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(TaskExistsError)
+    async def _exists(_request: Request, exc: TaskExistsError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(LedgerUnavailableError)
+    async def _unavailable(_request: Request, exc: LedgerUnavailableError) -> JSONResponse:
+        log.error("ledger unavailable: %s", exc)
+        return JSONResponse({"detail": "the ledger database is unavailable; retry later"},
+                            status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+
+    @app.get(f"{PREFIX}/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness and ledger reachability."""
+        ledger.task_names()
+        return {"status": "ok", "version": __version__}
+
+    @app.post(f"{PREFIX}/tasks", status_code=status.HTTP_201_CREATED, tags=["tasks"])
+    def create_task(spec: TaskSpec, _admin: Admin) -> TaskCreated:
+        """Create a task from its spec: all its event ranges, or none. Returns the task's token once."""
+        record, token = ledger.create_task(spec)
+        return TaskCreated(task=record.name, token=token, ranges=record.n_ranges)
+
+    @app.get(f"{PREFIX}/tasks", tags=["tasks"])
+    def list_tasks(_admin: Admin) -> list[TaskStatus]:
+        """Every task's status (admin token)."""
+        return [ledger.status(name) for name in ledger.task_names()]
+
+    @app.get(f"{PREFIX}/tasks/{{task}}", tags=["tasks"])
+    def task_status(record: Task) -> TaskStatus:
+        """Ranges per status, events done and total, live workers."""
+        return ledger.status(record.name)
+
+    @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"])
+    def claim(body: ClaimRequest, record: Task) -> ClaimReply:
+        """Claim up to ``n`` ready event ranges under a lease; an empty list when none is ready now."""
+        return ledger.claim(record.name, body.worker, body.n, body.host)
+
+    @app.post(f"{PREFIX}/tasks/{{task}}/update", tags=["workers"])
+    def update_ranges(body: UpdateRequest, record: Task) -> UpdateReply:
+        """Report ranges running, finished (with output), failed, fatal, or given back (``ready``)."""
+        return UpdateReply(results=ledger.update(record.name, body.worker, body.updates))
+
+    @app.post(f"{PREFIX}/tasks/{{task}}/heartbeat", tags=["workers"])
+    def heartbeat(body: HeartbeatRequest, record: Task) -> HeartbeatReply:
+        """Renew the worker's leases; ``command: stop`` when the task was cancelled."""
+        return ledger.heartbeat(record.name, body.worker, body.host)
+
+    @app.post(f"{PREFIX}/tasks/{{task}}/cancel", tags=["tasks"])
+    def cancel(task: str, _admin: Admin) -> TaskStatus:
+        """Cancel a task (admin token): open ranges become cancelled, workers are told to stop."""
+        ledger.cancel(task, by="admin")
+        return ledger.status(task)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app as ``event-service serve`` runs it: ledger URL and admin token from the environment."""
+    url = os.environ.get(DB_ENV)
+    if not url:
+        raise RuntimeError(f"set {DB_ENV} to the ledger's database URL (postgresql://… or sqlite:///path)")
+    return create_app(Ledger(url), os.environ.get(ADMIN_TOKEN_ENV) or None, close_ledger=True)

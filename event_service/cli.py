@@ -1,0 +1,78 @@
+"""The ``event-service`` command: serve the dispatch API, run the embedded demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from event_service.ledger import Ledger
+
+    url = args.db or os.environ.get(DB_ENV)
+    if not url:
+        print(f"event-service serve: give --db URL or set {DB_ENV} (postgresql://… or sqlite:///path)",
+              file=sys.stderr)
+        return 2
+    # Open the ledger once here: a bad URL or an unreachable database is reported before serving.
+    Ledger(url).close()
+    if not os.environ.get(ADMIN_TOKEN_ENV):
+        logging.getLogger("event_service").warning(
+            "%s is not set: creating, listing and cancelling tasks will be refused", ADMIN_TOKEN_ENV)
+    os.environ[DB_ENV] = url
+    uvicorn.run("event_service.api.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from event_service.demo import run_demo
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return run_demo(args.workdir, files=args.files, events_per_file=args.events_per_file,
+                    events_per_range=args.events_per_range, workers=args.workers, cost_ms=args.cost_ms)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="event-service", description="Event service for HEP production.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the dispatch API")
+    serve.add_argument("--db", help=f"ledger database URL (default: ${DB_ENV})")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="run one task end to end on SQLite and a local object store")
+    demo.add_argument("--workdir", type=Path, default=Path(".demo"))
+    demo.add_argument("--files", type=int, default=2)
+    demo.add_argument("--events-per-file", type=int, default=1000)
+    demo.add_argument("--events-per-range", type=int, default=10)
+    demo.add_argument("--workers", type=int, default=4)
+    demo.add_argument("--cost-ms", type=float, default=0.5, help="CPU milliseconds per event")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except (ValueError, KeyError, ConnectionError, OSError) as exc:
+        print(f"event-service {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Errors raised by the event-service core, each subclassing the builtin that fits."""
+
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """A task spec is malformed; the message names the source and the offending field."""
+
+
+class TaskNotFoundError(KeyError):
+    """The ledger has no task of that name."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(task)
+        self.task = task
+
+    def __str__(self) -> str:
+        return f"no task named {self.task!r} in the ledger"
+
+
+class RangeNotFoundError(KeyError):
+    """An event range id is not part of the task it was reported for."""
+
+    def __init__(self, task: str, range_ids: list[str]) -> None:
+        super().__init__(task, range_ids)
+        self.task = task
+        self.range_ids = range_ids
+
+    def __str__(self) -> str:
+        shown = ", ".join(repr(r) for r in self.range_ids[:5])
+        more = f" and {len(self.range_ids) - 5} more" if len(self.range_ids) > 5 else ""
+        return f"task {self.task!r} has no event range {shown}{more}"
+
+
+class TaskExistsError(ValueError):
+    """A task of that name already exists in the ledger."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(task)
+        self.task = task
+
+    def __str__(self) -> str:
+        return f"a task named {self.task!r} already exists in the ledger"
+
+
+class LedgerSchemaError(RuntimeError):
+    """The database holds a ledger written by an incompatible version of this package."""
+
+
+class LedgerUnavailableError(ConnectionError):
+    """The ledger database could not be reached or kept failing after retries."""

@@ -1,0 +1,8 @@
+"""The event ledger: one row per event range, every transition recorded, on PostgreSQL or SQLite."""
+
+from __future__ import annotations
+
+from event_service.ledger.ledger import Ledger, TaskRecord, hash_token
+from event_service.ledger.rules import RangeRow
+
+__all__ = ["Ledger", "RangeRow", "TaskRecord", "hash_token"]

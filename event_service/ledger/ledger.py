@@ -1,0 +1,582 @@
+"""The event ledger: tasks and their event ranges, atomic claims, leases, idempotent updates."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from event_service.errors import (
+    LedgerSchemaError,
+    LedgerUnavailableError,
+    RangeNotFoundError,
+    TaskExistsError,
+    TaskNotFoundError,
+)
+from event_service.ledger.engine import create_ledger_engine, is_retryable
+from event_service.ledger.rules import Decision, RangeRow, Step, WorkerHistory, decide, fail_or_requeue
+from event_service.ledger.schema import SCHEMA_VERSION, ledger_meta, metadata, ranges, tasks, transitions, workers
+from event_service.models import (
+    IN_FLIGHT,
+    OPEN,
+    WITH_OUTPUT,
+    ClaimedRange,
+    ClaimReply,
+    HeartbeatReply,
+    RangeStatus,
+    RangeUpdate,
+    TaskState,
+    TaskStatus,
+    UpdateResult,
+)
+from event_service.spec import TaskSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+S = RangeStatus
+
+RETRIES = 4
+EXPIRY_INTERVAL_S = 1.0  # how often one process looks for lapsed leases of a task
+FULL_SCAN_INTERVAL_S = 0.5  # how often a claim also looks behind its remembered dispatch position
+WORKER_SEEN_INTERVAL_S = 5.0  # how often a claim refreshes its worker's last-seen time
+CREATE_CHUNK = 5000
+_READY = literal_column("'ready'")  # a literal, so that the planner can use the partial index of ready ranges
+_ROW_COLUMNS = (
+    ranges.c.id, ranges.c.range_id, ranges.c.status, ranges.c.attempt, ranges.c.queue_seq, ranges.c.worker,
+    ranges.c.lease_expires, ranges.c.output_key, ranges.c.adler32, ranges.c.size, ranges.c.cpu_s,
+    ranges.c.wall_s, ranges.c.error_code, ranges.c.error,
+)
+_MUTABLE = ("status", "attempt", "queue_seq", "worker", "lease_expires", "output_key", "adler32", "size",
+            "cpu_s", "wall_s", "error_code", "error")
+
+
+def _pg_record_set(table: Any, names: Sequence[str], key: tuple[str, Any] | None = None) -> Any:
+    """``json_to_recordset(:rows)`` typed like ``table``'s columns: many rows in one bound parameter."""
+    columns = [column(name, table.c[name].type) for name in names]
+    if key is not None:
+        columns.insert(0, column(key[0], key[1]))
+    return func.json_to_recordset(bindparam("rows")).table_valued(*columns).render_derived(
+        name="new", with_types=True)
+
+
+def _pg_bulk_update() -> Any:
+    new = _pg_record_set(ranges, _MUTABLE, key=("pk", BigInteger()))
+    return (update(ranges).where(ranges.c.id == new.c.pk)
+            .values({**{name: new.c[name] for name in _MUTABLE}, "updated_at": bindparam("now")}))
+
+
+_TRANSITION_COLUMNS = ("task_id", "range_pk", "from_status", "to_status", "worker", "at", "attempt", "cpu_s",
+                       "wall_s", "error_code", "error")
+
+
+def _pg_bulk_journal() -> Any:
+    new = _pg_record_set(transitions, _TRANSITION_COLUMNS)
+    return insert(transitions).from_select(_TRANSITION_COLUMNS, select(*(new.c[n] for n in _TRANSITION_COLUMNS)))
+
+
+_PG_BULK_JOURNAL = _pg_bulk_journal()
+_PG_BULK_UPDATE = _pg_bulk_update()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The facts about a task that never change after it is created."""
+
+    id: int
+    name: str
+    token_hash: str
+    max_attempts: int
+    lease_seconds: int
+    n_ranges: int
+    n_events: int
+    created_at: float
+
+
+def hash_token(token: str) -> str:
+    """Tokens are long random strings, so one round of SHA-256 is the right way to store them."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _row(record: Any) -> RangeRow:
+    values = record._mapping
+    return RangeRow(pk=values["id"], range_id=values["range_id"], status=S(values["status"]),
+                    **{name: values[name] for name in _MUTABLE if name != "status"})
+
+
+class Ledger:
+    """One ledger database (PostgreSQL or SQLite) holding any number of tasks."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 30) -> None:
+        self.url = url
+        self.engine: Engine = create_ledger_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        self.dialect = self.engine.dialect.name
+        self._records: dict[str, TaskRecord] = {}
+        self._hints: dict[int, int] = {}
+        self._last_full_scan: dict[int, float] = {}
+        self._last_expiry: dict[int, float] = {}
+        self._seen: dict[tuple[int, str], float] = {}
+        self._lock = threading.Lock()
+        self._ensure_schema()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction, retrying on lost connections, deadlocks and busy databases."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if isinstance(exc, IntegrityError) or not is_retryable(exc):
+                    raise
+                if attempt == RETRIES:
+                    raise LedgerUnavailableError(
+                        f"the ledger at {self.engine.url.render_as_string(hide_password=True)} kept failing "
+                        f"after {RETRIES} attempts: {exc.orig}") from exc
+                log.warning("ledger transaction failed (%s); retrying", exc.orig)
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _ensure_schema(self) -> None:
+        def work(conn: Connection) -> None:
+            if self.dialect == "postgresql":
+                # Serialize schema creation between API processes that start at the same moment.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243095211)")
+            metadata.create_all(conn)
+            version = conn.execute(select(ledger_meta.c.value).where(ledger_meta.c.key == "schema_version")).scalar()
+            if version is None:
+                conn.execute(insert(ledger_meta).values(key="schema_version", value=SCHEMA_VERSION))
+            elif version != SCHEMA_VERSION:
+                raise LedgerSchemaError(
+                    f"the ledger database holds schema version {version}; this package uses {SCHEMA_VERSION}")
+
+        try:
+            self._transaction(work)
+        except DBAPIError as exc:
+            raise LedgerUnavailableError(
+                f"cannot open the ledger at {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}"
+            ) from exc
+
+    def _worker_seen(self, record: TaskRecord, worker: str, now: float) -> bool:
+        """True when the worker's last-seen time is due for a write (claims come too often to write each)."""
+        key = (record.id, worker)
+        if now - self._seen.get(key, 0.0) < min(WORKER_SEEN_INTERVAL_S, record.lease_seconds / 4):
+            return False
+        self._seen[key] = now
+        return True
+
+    def _upsert_worker(self, conn: Connection, task_id: int, worker: str, host: str | None, now: float) -> None:
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = dialect_insert(workers).values(task_id=task_id, worker=worker, host=host, first_seen=now,
+                                              last_heartbeat=now)
+        changes: dict[str, Any] = {"last_heartbeat": now}
+        if host is not None:
+            changes["host"] = host
+        conn.execute(stmt.on_conflict_do_update(index_elements=["task_id", "worker"], set_=changes))
+
+    # -- tasks ----------------------------------------------------------------------------------------
+
+    def create_task(self, spec: TaskSpec) -> tuple[TaskRecord, str]:
+        """Create a task and all its ranges in one transaction; returns the record and the task token."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        n_ranges = spec.total_ranges
+
+        def work(conn: Connection) -> TaskRecord:
+            try:
+                task_id = conn.execute(insert(tasks).values(
+                    name=spec.name, state=TaskState.RUNNING.value, spec=spec.to_json(),
+                    token_hash=hash_token(token), max_attempts=spec.max_attempts,
+                    lease_seconds=spec.lease_seconds, n_ranges=n_ranges, n_events=spec.total_events,
+                    next_seq=n_ranges + 1, created_at=now, updated_at=now,
+                ).returning(tasks.c.id)).scalar_one()
+            except IntegrityError:
+                raise TaskExistsError(spec.name) from None
+            batch: list[dict[str, Any]] = []
+            for seq, plan in enumerate(spec.event_ranges(), start=1):
+                batch.append({
+                    "task_id": task_id, "range_id": plan.range_id, "file_number": plan.file_number,
+                    "lfn": plan.lfn, "guid": plan.guid, "url": plan.url, "first_event": plan.first_event,
+                    "last_event": plan.last_event, "status": S.READY.value, "attempt": 0, "queue_seq": seq,
+                    "updated_at": now,
+                })
+                if len(batch) == CREATE_CHUNK:
+                    conn.execute(insert(ranges), batch)
+                    batch = []
+            if batch:
+                conn.execute(insert(ranges), batch)
+            return TaskRecord(task_id, spec.name, hash_token(token), spec.max_attempts, spec.lease_seconds,
+                              n_ranges, spec.total_events, now)
+
+        record = self._transaction(work)
+        with self._lock:
+            self._records[spec.name] = record
+        log.info("created task %s with %d event ranges", spec.name, n_ranges)
+        return record, token
+
+    def task(self, name: str) -> TaskRecord:
+        """The task's fixed facts (cached: they never change)."""
+        record = self._records.get(name)
+        if record is not None:
+            return record
+        row = self._transaction(lambda conn: conn.execute(select(tasks).where(tasks.c.name == name)).first())
+        if row is None:
+            raise TaskNotFoundError(name)
+        record = TaskRecord(row.id, row.name, row.token_hash, row.max_attempts, row.lease_seconds, row.n_ranges,
+                            row.n_events, row.created_at)
+        with self._lock:
+            self._records[name] = record
+        return record
+
+    def task_spec(self, name: str) -> TaskSpec:
+        """The task's normalized spec as stored at creation."""
+        record = self.task(name)
+        text = self._transaction(
+            lambda conn: conn.execute(select(tasks.c.spec).where(tasks.c.id == record.id)).scalar_one())
+        return TaskSpec.parse(json.loads(text), f"stored spec of task {name!r}")
+
+    def task_names(self) -> list[str]:
+        return list(self._transaction(
+            lambda conn: conn.execute(select(tasks.c.name).order_by(tasks.c.id)).scalars().all()))
+
+    def check_token(self, name: str, token: str) -> bool:
+        """True when ``token`` is the token of task ``name``."""
+        return hmac.compare_digest(self.task(name).token_hash, hash_token(token))
+
+    def status(self, name: str) -> TaskStatus:
+        """Ranges per status, events done and total, live workers, and the task's state."""
+        record = self.task(name)
+        now = time.time()
+        self._maybe_expire(record, now)
+
+        def work(conn: Connection) -> TaskStatus:
+            state = conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one()
+            events = (ranges.c.last_event - ranges.c.first_event + 1)
+            rows = conn.execute(
+                select(ranges.c.status, func.count(), func.sum(events))
+                .where(ranges.c.task_id == record.id).group_by(ranges.c.status)).all()
+            counts = {status: 0 for status in S}
+            done = 0
+            for status, count, n_events in rows:
+                counts[S(status)] = count
+                if status in WITH_OUTPUT:
+                    done += int(n_events or 0)
+            live = conn.execute(select(func.count()).select_from(workers).where(
+                workers.c.task_id == record.id,
+                workers.c.last_heartbeat >= now - record.lease_seconds)).scalar_one()
+            if state == TaskState.CANCELLED:
+                task_state = TaskState.CANCELLED
+            elif any(counts[s] for s in OPEN):
+                task_state = TaskState.RUNNING
+            else:
+                task_state = TaskState.DONE
+            return TaskStatus(task=name, state=task_state, ranges=record.n_ranges, counts=counts,
+                              events_total=record.n_events, events_done=done, live_workers=live,
+                              created_at=record.created_at)
+
+        return self._transaction(work)
+
+    def cancel(self, name: str, by: str | None = None) -> int:
+        """Cancel a task: its open ranges become cancelled; finished outputs stay. Returns ranges cancelled."""
+        record = self.task(name)
+        now = time.time()
+
+        def work(conn: Connection) -> int:
+            conn.execute(update(tasks).where(tasks.c.id == record.id)
+                         .values(state=TaskState.CANCELLED.value, updated_at=now))
+            rows = [_row(r) for r in conn.execute(
+                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+                                            ranges.c.status.in_([s.value for s in OPEN]))
+                .order_by(ranges.c.id).with_for_update()).all()]
+            self._apply(conn, record, now, [
+                Decision("accepted", replace(row, status=S.CANCELLED, worker=None, lease_expires=None),
+                         (Step(row.status, S.CANCELLED, by),)) for row in rows])
+            return len(rows)
+
+        count = self._transaction(work)
+        log.info("cancelled task %s: %d open ranges cancelled", name, count)
+        return count
+
+    # -- claims ---------------------------------------------------------------------------------------
+
+    def _claim_rows(self, conn: Connection, record: TaskRecord, worker: str, n: int, now: float,
+                    after_seq: int) -> list[Any]:
+        pick = ranges.alias("pick")
+        picked = (select(pick.c.id)
+                  .where(pick.c.task_id == record.id, pick.c.status == _READY, pick.c.queue_seq > after_seq)
+                  .order_by(pick.c.queue_seq).limit(n).with_for_update(skip_locked=True))
+        stmt = (update(ranges).where(ranges.c.id.in_(picked))
+                .values(status=S.SENT.value, worker=worker, lease_expires=now + record.lease_seconds,
+                        attempt=ranges.c.attempt + 1, error_code=None, error=None, updated_at=now)
+                .returning(ranges.c.id, ranges.c.range_id, ranges.c.lfn, ranges.c.guid, ranges.c.url,
+                           ranges.c.first_event, ranges.c.last_event, ranges.c.attempt, ranges.c.queue_seq))
+        return list(conn.execute(stmt).all())
+
+    def claim(self, name: str, worker: str, n: int = 1, host: str | None = None) -> ClaimReply:
+        """Atomically hand up to ``n`` ready ranges to ``worker`` under a lease; never one range to two."""
+        record = self.task(name)
+        now = time.time()
+        self._maybe_expire(record, now)
+        hint = self._hints.get(record.id, 0)
+        full_scan = hint > 0 and now - self._last_full_scan.get(record.id, 0.0) >= FULL_SCAN_INTERVAL_S
+
+        def work(conn: Connection) -> tuple[list[Any], TaskState]:
+            rows = self._claim_rows(conn, record, worker, n, now, hint)
+            if len(rows) < n and full_scan:
+                # Ranges behind the remembered position are rare (a claim rolled back); look now and then.
+                rows += self._claim_rows(conn, record, worker, n - len(rows), now, 0)
+            self._journal(conn, [
+                {"task_id": record.id, "range_pk": r.id, "from_status": S.READY.value, "to_status": S.SENT.value,
+                 "worker": worker, "at": now, "attempt": r.attempt} for r in rows])
+            if self._worker_seen(record, worker, now):
+                self._upsert_worker(conn, record.id, worker, host, now)
+            state = TaskState.RUNNING if rows else self._state(conn, record)
+            return rows, state
+
+        rows, state = self._transaction(work)
+        if full_scan and len(rows) < n:
+            self._last_full_scan[record.id] = now
+        if rows:
+            top = max(r.queue_seq for r in rows)
+            with self._lock:
+                self._hints[record.id] = max(self._hints.get(record.id, 0), top)
+        rows.sort(key=lambda r: r.queue_seq)
+        return ClaimReply(
+            lease_seconds=record.lease_seconds, state=state,
+            ranges=[ClaimedRange(range_id=r.range_id, lfn=r.lfn, guid=r.guid, url=r.url,
+                                 first_event=r.first_event, last_event=r.last_event, attempt=r.attempt)
+                    for r in rows])
+
+    def _state(self, conn: Connection, record: TaskRecord) -> TaskState:
+        if conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one() == TaskState.CANCELLED:
+            return TaskState.CANCELLED
+        still_open = conn.execute(select(ranges.c.id).where(
+            ranges.c.task_id == record.id, ranges.c.status.in_([s.value for s in OPEN])).limit(1)).first()
+        return TaskState.RUNNING if still_open else TaskState.DONE
+
+    # -- leases ---------------------------------------------------------------------------------------
+
+    def heartbeat(self, name: str, worker: str, host: str | None = None) -> HeartbeatReply:
+        """Renew every lease ``worker`` holds in the task; says ``stop`` when the task was cancelled."""
+        record = self.task(name)
+        now = time.time()
+
+        def work(conn: Connection) -> tuple[int, str]:
+            renewed = conn.execute(
+                update(ranges).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
+                                     ranges.c.status.in_([s.value for s in IN_FLIGHT]))
+                .values(lease_expires=now + record.lease_seconds)).rowcount
+            self._upsert_worker(conn, record.id, worker, host, now)
+            state = conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one()
+            return renewed, state
+
+        renewed, state = self._transaction(work)
+        cancelled = state == TaskState.CANCELLED
+        return HeartbeatReply(renewed=renewed, lease_seconds=record.lease_seconds,
+                              state=TaskState.CANCELLED if cancelled else TaskState.RUNNING,
+                              command="stop" if cancelled else None)
+
+    def _maybe_expire(self, record: TaskRecord, now: float) -> None:
+        if now - self._last_expiry.get(record.id, 0.0) >= EXPIRY_INTERVAL_S:
+            self._last_expiry[record.id] = now
+            self.expire_leases(record.name, now=now)
+
+    def expire_leases(self, name: str, now: float | None = None) -> int:
+        """Return the ranges of lapsed leases to ready (the attempt counts), or end them fatal."""
+        record = self.task(name)
+        now = time.time() if now is None else now
+
+        def work(conn: Connection) -> int:
+            rows = [_row(r) for r in conn.execute(
+                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+                                            ranges.c.status.in_([s.value for s in IN_FLIGHT]),
+                                            ranges.c.lease_expires < now)
+                .order_by(ranges.c.id).with_for_update(skip_locked=True)).all()]
+            decisions = [fail_or_requeue(row, record.max_attempts, None, "lease_expired",
+                                         f"the lease of worker {row.worker!r} expired", None) for row in rows]
+            self._apply(conn, record, now, decisions)
+            return len(decisions)
+
+        count = self._transaction(work)
+        if count:
+            log.info("task %s: %d leases expired", name, count)
+        return count
+
+    # -- updates --------------------------------------------------------------------------------------
+
+    def update(self, name: str, worker: str, items: Sequence[RangeUpdate]) -> list[UpdateResult]:
+        """Apply a batch of worker reports; each item is accepted, a harmless duplicate, or rejected."""
+        record = self.task(name)
+        now = time.time()
+        wanted = [item.range_id for item in items]
+
+        def work(conn: Connection) -> list[Decision]:
+            rows = {r.range_id: r for r in map(_row, conn.execute(
+                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.range_id.in_(wanted))
+                .order_by(ranges.c.id).with_for_update()).all())}
+            missing = [range_id for range_id in wanted if range_id not in rows]
+            if missing:
+                raise RangeNotFoundError(name, missing)
+            history = self._history(conn, record, worker, [
+                rows[item.range_id].pk for item in items
+                if rows[item.range_id].worker != worker or rows[item.range_id].status not in IN_FLIGHT
+                or item.attempt not in (None, rows[item.range_id].attempt)])
+            decisions = [decide(rows[item.range_id], item, worker, max_attempts=record.max_attempts,
+                                lease_seconds=record.lease_seconds, now=now,
+                                history=history.get(rows[item.range_id].pk, WorkerHistory()))
+                         for item in items]
+            self._apply(conn, record, now, decisions)
+            return decisions
+
+        decisions = self._transaction(work)
+        return [UpdateResult(range_id=d.row.range_id, result=d.verdict, status=d.row.status, reason=d.reason)
+                for d in decisions]
+
+    def _history(self, conn: Connection, record: TaskRecord, worker: str,
+                 pks: list[int]) -> dict[int, WorkerHistory]:
+        if not pks:
+            return {}
+        found: dict[int, WorkerHistory] = {}
+        for pk, to_status in conn.execute(
+                select(transitions.c.range_pk, transitions.c.to_status)
+                .where(transitions.c.task_id == record.id, transitions.c.worker == worker,
+                       transitions.c.range_pk.in_(pks)).order_by(transitions.c.id)).all():
+            seen = found.get(pk, WorkerHistory())
+            found[pk] = WorkerHistory(ever_held=seen.ever_held or to_status == S.SENT, last_status=S(to_status))
+        return found
+
+    def _apply(self, conn: Connection, record: TaskRecord, now: float, decisions: Iterable[Decision]) -> None:
+        """Write accepted decisions: the rows in one batched UPDATE, their transitions in one INSERT."""
+        accepted = [d for d in decisions if d.verdict == "accepted"]
+        if not accepted:
+            return
+        requeued = sum(d.requeue for d in accepted)
+        if requeued:
+            top = conn.execute(update(tasks).where(tasks.c.id == record.id)
+                               .values(next_seq=tasks.c.next_seq + requeued, updated_at=now)
+                               .returning(tasks.c.next_seq)).scalar_one()
+            seqs = iter(range(top - requeued, top))
+            accepted = [replace(d, row=replace(d.row, queue_seq=next(seqs))) if d.requeue else d for d in accepted]
+        self._write_rows(conn, [{"pk": d.row.pk, **{name: getattr(d.row, name) for name in _MUTABLE}}
+                                for d in accepted], now)
+        self._record(conn, record.id, now, [(d.row.pk, d.row.attempt, step, d.row)
+                                            for d in accepted for step in d.steps])
+
+    def _write_rows(self, conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
+        """Write new row states: one UPDATE over a JSON record set on PostgreSQL, executemany on SQLite."""
+        if self.dialect == "postgresql":
+            conn.execute(_PG_BULK_UPDATE, {"rows": json.dumps(rows), "now": now})
+        else:
+            conn.execute(update(ranges).where(ranges.c.id == bindparam("pk"))
+                         .values({**{name: bindparam(name) for name in _MUTABLE}, "updated_at": now}), rows)
+
+    def _record(self, conn: Connection, task_id: int, now: float,
+                steps: list[tuple[int, int, Step, RangeRow]]) -> None:
+        if not steps:
+            return
+        rows = []
+        for pk, attempt, step, row in steps:
+            metrics = step.with_metrics
+            errors = step.to_status not in WITH_OUTPUT
+            rows.append({
+                "task_id": task_id, "range_pk": pk, "from_status": step.from_status.value,
+                "to_status": step.to_status.value, "worker": step.worker, "at": now, "attempt": attempt,
+                "cpu_s": row.cpu_s if metrics else None, "wall_s": row.wall_s if metrics else None,
+                "error_code": row.error_code if errors else None,
+                "error": row.error if errors else None,
+            })
+        self._journal(conn, rows)
+
+    def _journal(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Append transitions: one INSERT … SELECT from a JSON record set on PostgreSQL."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            conn.execute(_PG_BULK_JOURNAL, {"rows": json.dumps(rows)})
+        else:
+            conn.execute(insert(transitions), rows)
+
+    # -- after the workers: verification and merge ----------------------------------------------------
+
+    def finished_ranges(self, name: str) -> list[RangeRow]:
+        """Every range that holds a verified-size output, in range order."""
+        record = self.task(name)
+        return self._transaction(lambda conn: [_row(r) for r in conn.execute(
+            select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+                                        ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
+            .order_by(ranges.c.id)).all()])
+
+    def mark_corrupted(self, name: str, range_ids: Sequence[str], reason: str, by: str | None = None) -> int:
+        """Outputs that failed verification: recorded ``corrupted``, then re-dispatched (or fatal)."""
+        return self._verdict(name, range_ids, by, lambda row: fail_or_requeue(
+            row, self.task(name).max_attempts, None, "corrupted", reason,
+            Step(row.status, S.CORRUPTED, by)) if row.status == S.FINISHED else None)
+
+    def mark_merged(self, name: str, range_ids: Sequence[str], by: str | None = None) -> int:
+        """Finished ranges whose outputs are now in a registered merged file."""
+        return self._verdict(name, range_ids, by, lambda row: Decision(
+            "accepted", replace(row, status=S.MERGED), (Step(S.FINISHED, S.MERGED, by),))
+            if row.status == S.FINISHED else None)
+
+    def _verdict(self, name: str, range_ids: Sequence[str], by: str | None,
+                 rule: Callable[[RangeRow], Decision | None]) -> int:
+        record = self.task(name)
+        now = time.time()
+
+        def work(conn: Connection) -> int:
+            rows = {r.range_id: r for r in map(_row, conn.execute(
+                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.range_id.in_(list(range_ids)))
+                .order_by(ranges.c.id).with_for_update()).all())}
+            missing = [r for r in range_ids if r not in rows]
+            if missing:
+                raise RangeNotFoundError(name, missing)
+            decisions = [d for d in map(rule, rows.values()) if d is not None]
+            self._apply(conn, record, now, decisions)
+            return len(decisions)
+
+        return self._transaction(work)
+
+    def transitions(self, name: str, range_id: str | None = None) -> list[dict[str, Any]]:
+        """The recorded transitions of a task (or one range), oldest first."""
+        record = self.task(name)
+        query = (select(ranges.c.range_id, transitions.c.from_status, transitions.c.to_status,
+                        transitions.c.worker, transitions.c.at, transitions.c.attempt, transitions.c.cpu_s,
+                        transitions.c.wall_s, transitions.c.error_code, transitions.c.error)
+                 .select_from(transitions.join(ranges, and_(ranges.c.id == transitions.c.range_pk)))
+                 .where(transitions.c.task_id == record.id).order_by(transitions.c.id))
+        if range_id is not None:
+            query = query.where(ranges.c.range_id == range_id)
+        return self._transaction(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])

@@ -1,0 +1,118 @@
+"""The event ledger's tables (SQLAlchemy Core), the same for PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+SCHEMA_VERSION = "1"
+
+metadata = MetaData()
+
+# Times are Unix seconds (UTC) as double precision: exact enough, cheap to compare and to plot.
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+ledger_meta = Table(
+    "es_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+tasks = Table(
+    "es_tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("spec", Text, nullable=False, comment="normalized task spec as JSON"),
+    Column("token_hash", String(64), nullable=False, comment="sha256 hex of the task token"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease_seconds", Integer, nullable=False),
+    Column("n_ranges", Integer, nullable=False),
+    Column("n_events", BigInteger, nullable=False),
+    Column("next_seq", BigInteger, nullable=False, comment="next dispatch position for a returned range"),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+ranges = Table(
+    "es_ranges",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("es_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("range_id", String(256), nullable=False),
+    Column("file_number", Integer, nullable=False),
+    Column("lfn", String(255), nullable=False),
+    Column("guid", String(36), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("first_event", BigInteger, nullable=False),
+    Column("last_event", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("queue_seq", BigInteger, nullable=False, comment="dispatch order; a returned range goes last"),
+    Column("worker", String(128)),
+    Column("lease_expires", Double),
+    Column("output_key", String(1024)),
+    Column("adler32", String(8)),
+    Column("size", BigInteger),
+    Column("cpu_s", Double),
+    Column("wall_s", Double),
+    Column("error_code", String(64)),
+    Column("error", Text),
+    Column("updated_at", Double, nullable=False),
+    UniqueConstraint("task_id", "range_id", name="uq_es_ranges_task_range"),
+    # The claim scans only ready ranges in dispatch order, from a remembered position.
+    Index(
+        "ix_es_ranges_ready",
+        "task_id",
+        "queue_seq",
+        postgresql_where=text("status = 'ready'"),
+        sqlite_where=text("status = 'ready'"),
+    ),
+    Index("ix_es_ranges_task_status", "task_id", "status"),
+    Index("ix_es_ranges_task_worker", "task_id", "worker"),
+)
+
+# An append-only journal. No foreign keys: a per-row key check on every claim and report would cost more
+# than the whole insert; only the ledger writes here, with ids it has just read under lock.
+transitions = Table(
+    "es_transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, nullable=False),
+    Column("range_pk", Id, nullable=False),
+    Column("from_status", String(16)),
+    Column("to_status", String(16), nullable=False),
+    Column("worker", String(128), comment="the worker that caused it; NULL for the ledger itself"),
+    Column("at", Double, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("cpu_s", Double),
+    Column("wall_s", Double),
+    Column("error_code", String(64)),
+    Column("error", Text),
+    Index("ix_es_transitions_task_at", "task_id", "at"),
+    Index("ix_es_transitions_range", "range_pk"),
+)
+
+workers = Table(
+    "es_workers",
+    metadata,
+    Column("task_id", Id, ForeignKey("es_tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("worker", String(128), primary_key=True),
+    Column("host", String(255)),
+    Column("first_seen", Double, nullable=False),
+    Column("last_heartbeat", Double, nullable=False),
+)

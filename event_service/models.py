@@ -1,0 +1,182 @@
+"""Range statuses and the typed messages exchanged with workers (claims, updates, heartbeats)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from event_service.checksums import normalize_adler32
+
+MAX_BATCH = 1000
+WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
+
+
+class RangeStatus(StrEnum):
+    """The event ledger's statuses, named as PanDA names them."""
+
+    READY = "ready"
+    SENT = "sent"
+    RUNNING = "running"
+    FINISHED = "finished"
+    DONE = "done"
+    MERGED = "merged"
+    FAILED = "failed"
+    FATAL = "fatal"
+    CANCELLED = "cancelled"
+    CORRUPTED = "corrupted"
+
+
+IN_FLIGHT = frozenset({RangeStatus.SENT, RangeStatus.RUNNING})
+OPEN = frozenset({RangeStatus.READY, RangeStatus.SENT, RangeStatus.RUNNING})
+FINAL = frozenset(
+    {RangeStatus.FINISHED, RangeStatus.DONE, RangeStatus.MERGED, RangeStatus.FATAL, RangeStatus.CANCELLED}
+)
+WITH_OUTPUT = frozenset({RangeStatus.FINISHED, RangeStatus.DONE, RangeStatus.MERGED})
+
+
+class TaskState(StrEnum):
+    """A task as a whole: ranges still open, all final, or cancelled."""
+
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutputRef(_Message):
+    """A range's output object: its key in the task's object store, adler32 and size in bytes."""
+
+    key: str = Field(min_length=1, max_length=1024)
+    adler32: str
+    size: int = Field(ge=0)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if key.startswith("/") or "\\" in key or "\x00" in key:
+            raise ValueError("an output key is relative to the object store and holds no '\\' or NUL")
+        if any(part in ("", ".", "..") for part in key.split("/")):
+            raise ValueError(f"output key {key!r} has an empty, '.' or '..' segment")
+        return key
+
+    @field_validator("adler32")
+    @classmethod
+    def _adler32(cls, value: str) -> str:
+        return normalize_adler32(value)
+
+
+WorkerStatus = Literal["running", "finished", "failed", "fatal", "ready"]
+
+
+class RangeUpdate(_Message):
+    """One worker report on one range. ``ready`` gives back a range that was never started."""
+
+    range_id: str = Field(min_length=1, max_length=256)
+    status: WorkerStatus
+    output: OutputRef | None = None
+    cpu_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    wall_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    error_code: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=4096)
+    attempt: int | None = Field(default=None, ge=1, description="the attempt the report is for, if known")
+
+    @field_validator("error_code", mode="before")
+    @classmethod
+    def _code_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _output_only_when_finished(self) -> RangeUpdate:
+        if self.status == "finished" and self.output is None:
+            raise ValueError("a 'finished' update needs output {key, adler32, size}")
+        if self.status != "finished" and self.output is not None:
+            raise ValueError(f"a {self.status!r} update carries no output")
+        return self
+
+
+class ClaimRequest(_Message):
+    worker: str = Field(pattern=WORKER_ID_PATTERN)
+    n: int = Field(default=1, ge=1, le=MAX_BATCH)
+    host: str | None = Field(default=None, max_length=255)
+
+
+class UpdateRequest(_Message):
+    worker: str = Field(pattern=WORKER_ID_PATTERN)
+    updates: list[RangeUpdate] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _unique_ranges(self) -> UpdateRequest:
+        seen: set[str] = set()
+        for index, item in enumerate(self.updates):
+            if item.range_id in seen:
+                raise ValueError(f"updates.{index}.range_id: {item.range_id!r} appears twice in one batch")
+            seen.add(item.range_id)
+        return self
+
+
+class HeartbeatRequest(_Message):
+    worker: str = Field(pattern=WORKER_ID_PATTERN)
+    host: str | None = Field(default=None, max_length=255)
+
+
+class ClaimedRange(_Message):
+    """An event range handed to a worker."""
+
+    range_id: str
+    lfn: str
+    guid: str
+    url: str
+    first_event: int
+    last_event: int
+    attempt: int
+
+
+class ClaimReply(_Message):
+    lease_seconds: int
+    ranges: list[ClaimedRange]
+    state: TaskState
+
+
+UpdateVerdict = Literal["accepted", "duplicate", "rejected"]
+
+
+class UpdateResult(_Message):
+    range_id: str
+    result: UpdateVerdict
+    status: RangeStatus = Field(description="the range's status after the update")
+    reason: str | None = None
+
+
+class UpdateReply(_Message):
+    results: list[UpdateResult]
+
+
+class HeartbeatReply(_Message):
+    renewed: int = Field(description="ranges whose lease was renewed")
+    lease_seconds: int
+    state: TaskState
+    command: Literal["stop"] | None = None
+
+
+class TaskStatus(_Message):
+    """A task's progress: ranges per status, events done and total, live workers."""
+
+    task: str
+    state: TaskState
+    ranges: int
+    counts: dict[RangeStatus, int]
+    events_total: int
+    events_done: int
+    live_workers: int
+    created_at: float
+
+
+class TaskCreated(_Message):
+    task: str
+    token: str
+    ranges: int

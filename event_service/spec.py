@@ -1,0 +1,203 @@
+"""The task spec: one validated pydantic model, loaded from YAML or JSON, cut into event ranges."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from event_service.errors import SpecError
+from event_service.urls import INPUT_SCHEMES, STORE_SCHEMES, parse_storage_url
+
+TASK_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
+LFN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
+
+
+def _store_url(url: str) -> str:
+    parse_storage_url(url, STORE_SCHEMES)
+    return url
+
+
+def _input_url(url: str) -> str:
+    parse_storage_url(url, INPUT_SCHEMES)
+    return url
+
+
+StoreURL = Annotated[str, AfterValidator(_store_url)]
+InputURL = Annotated[str, AfterValidator(_input_url)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class InputFile(_Strict):
+    """One input file of a task: its logical name, where to read it, and how many events it holds."""
+
+    lfn: str = Field(pattern=LFN_PATTERN, description="logical file name")
+    url: InputURL = Field(description="file:///abs/path, s3://bucket/key, root://host//path or http(s)://")
+    events: int = Field(gt=0, description="number of events (entries) in the file")
+    guid: str = Field(
+        default_factory=lambda: str(uuid.uuid4()).upper(),
+        description="file GUID; generated and kept when missing",
+    )
+
+    @field_validator("guid")
+    @classmethod
+    def _guid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value)).upper()
+        except ValueError:
+            raise ValueError(f"{value!r} is not a GUID (8-4-4-4-12 hexadecimal digits)") from None
+
+
+class PayloadSpec(_Strict):
+    """The payload program that processes event ranges."""
+
+    command: str = Field(min_length=1, max_length=4096)
+
+
+class ObjectStoreSpec(_Strict):
+    """Where per-range outputs are streamed."""
+
+    url: StoreURL
+
+
+class MergeSpec(_Strict):
+    """How range outputs are merged and where the merged files go."""
+
+    output_url: StoreURL
+    max_events_per_file: int = Field(default=100_000, gt=0)
+
+
+class TaskSpec(_Strict):
+    """An event-service task: inputs, how to cut them, what to run, where outputs go."""
+
+    name: str = Field(pattern=TASK_NAME_PATTERN, description="[a-z0-9_-]{1,64}, unique")
+    inputs: list[InputFile] = Field(min_length=1)
+    events_per_range: int = Field(gt=0)
+    max_attempts: int = Field(default=3, gt=0, le=100)
+    lease_seconds: int = Field(default=60, gt=0, le=7 * 24 * 3600)
+    payload: PayloadSpec
+    workers: int = Field(default=1, gt=0, le=100_000)
+    object_store: ObjectStoreSpec
+    merge: MergeSpec
+
+    @model_validator(mode="after")
+    def _unique_inputs(self) -> TaskSpec:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(self.inputs):
+            if item.lfn in seen:
+                raise ValueError(f"inputs.{index}.lfn: {item.lfn!r} already names inputs.{seen[item.lfn]}")
+            seen[item.lfn] = index
+        guids: dict[str, int] = {}
+        for index, item in enumerate(self.inputs):
+            if item.guid in guids:
+                raise ValueError(f"inputs.{index}.guid: {item.guid} already names inputs.{guids[item.guid]}")
+            guids[item.guid] = index
+        return self
+
+    @property
+    def total_events(self) -> int:
+        return sum(item.events for item in self.inputs)
+
+    @property
+    def total_ranges(self) -> int:
+        per = self.events_per_range
+        return sum(-(-item.events // per) for item in self.inputs)
+
+    def event_ranges(self) -> Iterator[RangePlan]:
+        """Cut the inputs into event ranges, in input order, first events 0-based and inclusive."""
+        for number, item in enumerate(self.inputs, start=1):
+            for first in range(0, item.events, self.events_per_range):
+                last = min(first + self.events_per_range, item.events) - 1
+                yield RangePlan(
+                    range_id=f"{self.name}.{number}.{first}-{last}",
+                    file_number=number,
+                    lfn=item.lfn,
+                    guid=item.guid,
+                    url=item.url,
+                    first_event=first,
+                    last_event=last,
+                )
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "task spec") -> TaskSpec:
+        """Validate a mapping as a task spec; SpecError names the source and every bad field."""
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: a task spec is a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(f"{source}: {describe_validation_error(exc)}") from None
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "task spec") -> TaskSpec:
+        """Parse YAML (or JSON, which is YAML too) text into a task spec."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError(f"{source}: not valid YAML or JSON{where}: {problem}") from None
+        return cls.parse(data, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TaskSpec:
+        """Load a task spec from a .yaml, .yml or .json file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot read the task spec: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: the task spec is not UTF-8 text ({exc.reason})") from None
+        return cls.from_text(text, str(path))
+
+    def to_json(self) -> str:
+        """The normalized spec (generated GUIDs included) as JSON, as the ledger stores it."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RangePlan:
+    """One event range as cut from a task spec, before it enters the ledger."""
+
+    range_id: str
+    file_number: int
+    lfn: str
+    guid: str
+    url: str
+    first_event: int
+    last_event: int
+
+    @property
+    def events(self) -> int:
+        return self.last_event - self.first_event + 1
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Render a pydantic ValidationError as '<field>: <problem>' lines naming each field."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(lines)

@@ -1,0 +1,3 @@
+"""The worker side: pulls event ranges from the dispatch API and reports them; no Airflow imports."""
+
+from __future__ import annotations

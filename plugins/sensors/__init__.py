@@ -1,0 +1,3 @@
+"""Airflow sensors of the event service (filled by the Airflow-layer issue)."""
+
+from __future__ import annotations

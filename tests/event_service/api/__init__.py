@@ -1,0 +1,3 @@
+"""Tests of the event_service.api package."""
+
+from __future__ import annotations
