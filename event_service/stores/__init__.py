@@ -1,0 +1,3 @@
+"""Object stores for range outputs: one interface, a backend per kind of store."""
+
+from __future__ import annotations

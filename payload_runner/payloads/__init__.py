@@ -1,0 +1,3 @@
+"""Reference payloads that speak the event-service payload protocol."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Tests of the object stores."""
+
+from __future__ import annotations
