@@ -11,7 +11,8 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from event_service import __version__
@@ -47,6 +48,10 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _json(reply: BaseModel) -> Response:
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, object]]:
@@ -160,15 +165,17 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
         """Ranges per status, events done and total, live workers."""
         return ledger.status(record.name)
 
-    @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"])
-    def claim(body: ClaimRequest, record: Task) -> ClaimReply:
+    # The two hot endpoints serialize their typed replies themselves: FastAPI would dump, re-validate
+    # and dump again a reply that the ledger has just built and validated.
+    @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"], response_model=ClaimReply)
+    def claim(body: ClaimRequest, record: Task) -> Response:
         """Claim up to ``n`` ready event ranges under a lease; an empty list when none is ready now."""
-        return ledger.claim(record.name, body.worker, body.n, body.host)
+        return _json(ledger.claim(record.name, body.worker, body.n, body.host))
 
-    @app.post(f"{PREFIX}/tasks/{{task}}/update", tags=["workers"])
-    def update_ranges(body: UpdateRequest, record: Task) -> UpdateReply:
+    @app.post(f"{PREFIX}/tasks/{{task}}/update", tags=["workers"], response_model=UpdateReply)
+    def update_ranges(body: UpdateRequest, record: Task) -> Response:
         """Report ranges running, finished (with output), failed, fatal, or given back (``ready``)."""
-        return UpdateReply(results=ledger.update(record.name, body.worker, body.updates))
+        return _json(UpdateReply(results=ledger.update(record.name, body.worker, body.updates)))
 
     @app.post(f"{PREFIX}/tasks/{{task}}/heartbeat", tags=["workers"])
     def heartbeat(body: HeartbeatRequest, record: Task) -> HeartbeatReply:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    Integer,
+    String,
     Connection,
     Engine,
     and_,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    literal,
     literal_column,
     select,
     update,
@@ -74,32 +77,79 @@ _MUTABLE = ("status", "attempt", "queue_seq", "worker", "lease_expires", "output
             "cpu_s", "wall_s", "error_code", "error")
 
 
-def _pg_record_set(table: Any, names: Sequence[str], key: tuple[str, Any] | None = None) -> Any:
-    """``json_to_recordset(:rows)`` typed like ``table``'s columns: many rows in one bound parameter."""
-    columns = [column(name, table.c[name].type) for name in names]
-    if key is not None:
-        columns.insert(0, column(key[0], key[1]))
-    return func.json_to_recordset(bindparam("rows")).table_valued(*columns).render_derived(
-        name="new", with_types=True)
-
-
-def _pg_bulk_update() -> Any:
-    new = _pg_record_set(ranges, _MUTABLE, key=("pk", BigInteger()))
-    return (update(ranges).where(ranges.c.id == new.c.pk)
-            .values({**{name: new.c[name] for name in _MUTABLE}, "updated_at": bindparam("now")}))
+def _pg_record_set(param: str, name: str, columns: Sequence[tuple[str, Any]]) -> Any:
+    """``json_to_recordset(:param) AS name(col type, …)``: many rows in one bound parameter."""
+    return func.json_to_recordset(bindparam(param)).table_valued(
+        *(column(col, type_) for col, type_ in columns)).render_derived(name=name, with_types=True)
 
 
 _TRANSITION_COLUMNS = ("task_id", "range_pk", "from_status", "to_status", "worker", "at", "attempt", "cpu_s",
                        "wall_s", "error_code", "error")
+# A row is rewritten only if it is still as it was read (compare and swap); anything else is a conflict.
+_EXPECTED = (("pk", BigInteger()), ("old_status", String()), ("old_worker", String()), ("old_attempt", Integer()))
 
 
-def _pg_bulk_journal() -> Any:
-    new = _pg_record_set(transitions, _TRANSITION_COLUMNS)
-    return insert(transitions).from_select(_TRANSITION_COLUMNS, select(*(new.c[n] for n in _TRANSITION_COLUMNS)))
+def _pg_bulk_write() -> Any:
+    """New row states and their transitions in one PostgreSQL statement; returns the rows written."""
+    new = _pg_record_set("b_rows", "new", [*_EXPECTED, *((n, ranges.c[n].type) for n in _MUTABLE)])
+    written = (update(ranges)
+               .where(ranges.c.id == new.c.pk, ranges.c.status == new.c.old_status,
+                      ranges.c.attempt == new.c.old_attempt, ranges.c.worker.is_not_distinct_from(new.c.old_worker))
+               .values({**{n: new.c[n] for n in _MUTABLE}, "updated_at": bindparam("b_now")})
+               .returning(ranges.c.id).cte("written"))
+    moves = _pg_record_set("b_journal", "moves", [(n, transitions.c[n].type) for n in _TRANSITION_COLUMNS])
+    journal = insert(transitions).from_select(_TRANSITION_COLUMNS, select(*moves.c)).cte("journal")
+    return select(func.count()).select_from(written).add_cte(journal)
 
 
-_PG_BULK_JOURNAL = _pg_bulk_journal()
-_PG_BULK_UPDATE = _pg_bulk_update()
+def _bulk_write() -> Any:
+    return (update(ranges)
+            .where(ranges.c.id == bindparam("pk"), ranges.c.status == bindparam("old_status"),
+                   ranges.c.attempt == bindparam("old_attempt"),
+                   ranges.c.worker.is_not_distinct_from(bindparam("old_worker")))
+            .values({**{n: bindparam(n) for n in _MUTABLE}, "updated_at": bindparam("b_now")}))
+
+
+_PG_BULK_WRITE = _pg_bulk_write()
+_BULK_WRITE = _bulk_write()
+_CLAIMED = (ranges.c.id, ranges.c.range_id, ranges.c.lfn, ranges.c.guid, ranges.c.url, ranges.c.first_event,
+            ranges.c.last_event, ranges.c.attempt, ranges.c.queue_seq)
+
+
+def _claim_statement() -> Any:
+    """Hand out the next ready ranges in dispatch order after a position, skipping rows others hold."""
+    pick = ranges.alias("pick")
+    picked = (select(pick.c.id)
+              .where(pick.c.task_id == bindparam("b_task"), pick.c.status == _READY,
+                     pick.c.queue_seq > bindparam("b_after"))
+              .order_by(pick.c.queue_seq).limit(bindparam("b_n")).with_for_update(skip_locked=True))
+    return (update(ranges).where(ranges.c.id.in_(picked))
+            .values(status=S.SENT.value, worker=bindparam("b_worker"), lease_expires=bindparam("b_lease"),
+                    attempt=ranges.c.attempt + 1, error_code=None, error=None, updated_at=bindparam("b_now"))
+            .returning(*_CLAIMED))
+
+
+def _pg_claim_statement() -> Any:
+    """The claim and its journal entries as one PostgreSQL statement (a data-modifying CTE)."""
+    claimed = _CLAIM.cte("claimed")
+    journal = insert(transitions).from_select(
+        ["task_id", "range_pk", "from_status", "to_status", "worker", "at", "attempt"],
+        select(bindparam("b_task"), claimed.c.id, literal(S.READY.value), literal(S.SENT.value),
+               bindparam("b_worker"), bindparam("b_now"), claimed.c.attempt)).cte("journal")
+    return select(*claimed.c).add_cte(journal)
+
+
+_CLAIM = _claim_statement()
+# The rows a batch of reports is about. Not locked: the write that follows checks they did not change.
+_READ_RANGES = (select(*_ROW_COLUMNS)
+                .where(ranges.c.task_id == bindparam("b_task"),
+                       ranges.c.range_id.in_(bindparam("b_range_ids", expanding=True)))
+                .order_by(ranges.c.id))
+_PG_CLAIM = _pg_claim_statement()
+
+
+class _Conflict(Exception):
+    """A row changed between reading it and writing it; the transaction is run again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +172,8 @@ def hash_token(token: str) -> str:
 
 
 def _row(record: Any) -> RangeRow:
-    values = record._mapping
-    return RangeRow(pk=values["id"], range_id=values["range_id"], status=S(values["status"]),
-                    **{name: values[name] for name in _MUTABLE if name != "status"})
+    # _ROW_COLUMNS lists the columns in RangeRow's field order.
+    return RangeRow(record[0], record[1], S(record[2]), *record[3:])
 
 
 class Ledger:
@@ -159,6 +208,10 @@ class Ledger:
             try:
                 with self.engine.begin() as conn:
                     return work(conn)
+            except _Conflict as exc:
+                if attempt == RETRIES:
+                    raise LedgerUnavailableError(f"ledger rows kept changing under a write: {exc}") from None
+                continue
             except DBAPIError as exc:
                 if isinstance(exc, IntegrityError) or not is_retryable(exc):
                     raise
@@ -242,6 +295,10 @@ class Ledger:
                               n_ranges, spec.total_events, now)
 
         record = self._transaction(work)
+        if self.dialect == "postgresql":
+            # Fresh statistics, so that the planner looks ranges up by id rather than scanning the task.
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE es_ranges")
         with self._lock:
             self._records[spec.name] = record
         log.info("created task %s with %d event ranges", spec.name, n_ranges)
@@ -322,8 +379,8 @@ class Ledger:
                                             ranges.c.status.in_([s.value for s in OPEN]))
                 .order_by(ranges.c.id).with_for_update()).all()]
             self._apply(conn, record, now, [
-                Decision("accepted", replace(row, status=S.CANCELLED, worker=None, lease_expires=None),
-                         (Step(row.status, S.CANCELLED, by),)) for row in rows])
+                (row, Decision("accepted", replace(row, status=S.CANCELLED, worker=None, lease_expires=None),
+                               (Step(row.status, S.CANCELLED, by),))) for row in rows])
             return len(rows)
 
         count = self._transaction(work)
@@ -334,16 +391,15 @@ class Ledger:
 
     def _claim_rows(self, conn: Connection, record: TaskRecord, worker: str, n: int, now: float,
                     after_seq: int) -> list[Any]:
-        pick = ranges.alias("pick")
-        picked = (select(pick.c.id)
-                  .where(pick.c.task_id == record.id, pick.c.status == _READY, pick.c.queue_seq > after_seq)
-                  .order_by(pick.c.queue_seq).limit(n).with_for_update(skip_locked=True))
-        stmt = (update(ranges).where(ranges.c.id.in_(picked))
-                .values(status=S.SENT.value, worker=worker, lease_expires=now + record.lease_seconds,
-                        attempt=ranges.c.attempt + 1, error_code=None, error=None, updated_at=now)
-                .returning(ranges.c.id, ranges.c.range_id, ranges.c.lfn, ranges.c.guid, ranges.c.url,
-                           ranges.c.first_event, ranges.c.last_event, ranges.c.attempt, ranges.c.queue_seq))
-        return list(conn.execute(stmt).all())
+        params = {"b_task": record.id, "b_after": after_seq, "b_n": n, "b_worker": worker,
+                  "b_lease": now + record.lease_seconds, "b_now": now}
+        if self.dialect == "postgresql":
+            return list(conn.execute(_PG_CLAIM, params).all())  # claim and journal in one statement
+        rows = list(conn.execute(_CLAIM, params).all())
+        self._journal(conn, [{"task_id": record.id, "range_pk": r.id, "from_status": S.READY.value,
+                              "to_status": S.SENT.value, "worker": worker, "at": now, "attempt": r.attempt}
+                             for r in rows])
+        return rows
 
     def claim(self, name: str, worker: str, n: int = 1, host: str | None = None) -> ClaimReply:
         """Atomically hand up to ``n`` ready ranges to ``worker`` under a lease; never one range to two."""
@@ -358,9 +414,6 @@ class Ledger:
             if len(rows) < n and full_scan:
                 # Ranges behind the remembered position are rare (a claim rolled back); look now and then.
                 rows += self._claim_rows(conn, record, worker, n - len(rows), now, 0)
-            self._journal(conn, [
-                {"task_id": record.id, "range_pk": r.id, "from_status": S.READY.value, "to_status": S.SENT.value,
-                 "worker": worker, "at": now, "attempt": r.attempt} for r in rows])
             if self._worker_seen(record, worker, now):
                 self._upsert_worker(conn, record.id, worker, host, now)
             state = TaskState.RUNNING if rows else self._state(conn, record)
@@ -376,9 +429,9 @@ class Ledger:
         rows.sort(key=lambda r: r.queue_seq)
         return ClaimReply(
             lease_seconds=record.lease_seconds, state=state,
-            ranges=[ClaimedRange(range_id=r.range_id, lfn=r.lfn, guid=r.guid, url=r.url,
-                                 first_event=r.first_event, last_event=r.last_event, attempt=r.attempt)
-                    for r in rows])
+            ranges=[ClaimedRange.model_construct(range_id=r.range_id, lfn=r.lfn, guid=r.guid, url=r.url,
+                                                 first_event=r.first_event, last_event=r.last_event,
+                                                 attempt=r.attempt) for r in rows])
 
     def _state(self, conn: Connection, record: TaskRecord) -> TaskState:
         if conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one() == TaskState.CANCELLED:
@@ -425,10 +478,10 @@ class Ledger:
                                             ranges.c.status.in_([s.value for s in IN_FLIGHT]),
                                             ranges.c.lease_expires < now)
                 .order_by(ranges.c.id).with_for_update(skip_locked=True)).all()]
-            decisions = [fail_or_requeue(row, record.max_attempts, None, "lease_expired",
-                                         f"the lease of worker {row.worker!r} expired", None) for row in rows]
-            self._apply(conn, record, now, decisions)
-            return len(decisions)
+            self._apply(conn, record, now, [(row, fail_or_requeue(
+                row, record.max_attempts, None, "lease_expired", f"the lease of worker {row.worker!r} expired", None))
+                for row in rows])
+            return len(rows)
 
         count = self._transaction(work)
         if count:
@@ -445,8 +498,7 @@ class Ledger:
 
         def work(conn: Connection) -> list[Decision]:
             rows = {r.range_id: r for r in map(_row, conn.execute(
-                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.range_id.in_(wanted))
-                .order_by(ranges.c.id).with_for_update()).all())}
+                _READ_RANGES, {"b_task": record.id, "b_range_ids": wanted}).all())}
             missing = [range_id for range_id in wanted if range_id not in rows]
             if missing:
                 raise RangeNotFoundError(name, missing)
@@ -458,12 +510,13 @@ class Ledger:
                                 lease_seconds=record.lease_seconds, now=now,
                                 history=history.get(rows[item.range_id].pk, WorkerHistory()))
                          for item in items]
-            self._apply(conn, record, now, decisions)
+            self._apply(conn, record, now, [(rows[item.range_id], d) for item, d in zip(items, decisions, strict=True)])
             return decisions
 
         decisions = self._transaction(work)
-        return [UpdateResult(range_id=d.row.range_id, result=d.verdict, status=d.row.status, reason=d.reason)
-                for d in decisions]
+        # Built from values the ledger has just checked: no second validation.
+        return [UpdateResult.model_construct(range_id=d.row.range_id, result=d.verdict, status=d.row.status,
+                                             reason=d.reason) for d in decisions]
 
     def _history(self, conn: Connection, record: TaskRecord, worker: str,
                  pks: list[int]) -> dict[int, WorkerHistory]:
@@ -478,55 +531,40 @@ class Ledger:
             found[pk] = WorkerHistory(ever_held=seen.ever_held or to_status == S.SENT, last_status=S(to_status))
         return found
 
-    def _apply(self, conn: Connection, record: TaskRecord, now: float, decisions: Iterable[Decision]) -> None:
-        """Write accepted decisions: the rows in one batched UPDATE, their transitions in one INSERT."""
-        accepted = [d for d in decisions if d.verdict == "accepted"]
+    def _apply(self, conn: Connection, record: TaskRecord, now: float,
+               changes: Iterable[tuple[RangeRow, Decision]]) -> None:
+        """Write accepted decisions and their transitions; a row changed since it was read is a conflict."""
+        accepted = [(old, d) for old, d in changes if d.verdict == "accepted"]
         if not accepted:
             return
-        requeued = sum(d.requeue for d in accepted)
+        requeued = sum(d.requeue for _, d in accepted)
         if requeued:
             top = conn.execute(update(tasks).where(tasks.c.id == record.id)
                                .values(next_seq=tasks.c.next_seq + requeued, updated_at=now)
                                .returning(tasks.c.next_seq)).scalar_one()
             seqs = iter(range(top - requeued, top))
-            accepted = [replace(d, row=replace(d.row, queue_seq=next(seqs))) if d.requeue else d for d in accepted]
-        self._write_rows(conn, [{"pk": d.row.pk, **{name: getattr(d.row, name) for name in _MUTABLE}}
-                                for d in accepted], now)
-        self._record(conn, record.id, now, [(d.row.pk, d.row.attempt, step, d.row)
-                                            for d in accepted for step in d.steps])
-
-    def _write_rows(self, conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
-        """Write new row states: one UPDATE over a JSON record set on PostgreSQL, executemany on SQLite."""
+            accepted = [(old, replace(d, row=replace(d.row, queue_seq=next(seqs))) if d.requeue else d)
+                        for old, d in accepted]
+        rows = [{"pk": old.pk, "old_status": old.status.value, "old_worker": old.worker, "old_attempt": old.attempt,
+                 **{name: getattr(d.row, name) for name in _MUTABLE}} for old, d in accepted]
+        moves = [{"task_id": record.id, "range_pk": d.row.pk, "from_status": step.from_status.value,
+                  "to_status": step.to_status.value, "worker": step.worker, "at": now, "attempt": d.row.attempt,
+                  "cpu_s": d.row.cpu_s if step.with_metrics else None,
+                  "wall_s": d.row.wall_s if step.with_metrics else None,
+                  "error_code": d.row.error_code if step.to_status not in WITH_OUTPUT else None,
+                  "error": d.row.error if step.to_status not in WITH_OUTPUT else None}
+                 for _, d in accepted for step in d.steps]
         if self.dialect == "postgresql":
-            conn.execute(_PG_BULK_UPDATE, {"rows": json.dumps(rows), "now": now})
+            written = conn.execute(_PG_BULK_WRITE, {"b_rows": json.dumps(rows), "b_journal": json.dumps(moves),
+                                                    "b_now": now}).scalar_one()
         else:
-            conn.execute(update(ranges).where(ranges.c.id == bindparam("pk"))
-                         .values({**{name: bindparam(name) for name in _MUTABLE}, "updated_at": now}), rows)
-
-    def _record(self, conn: Connection, task_id: int, now: float,
-                steps: list[tuple[int, int, Step, RangeRow]]) -> None:
-        if not steps:
-            return
-        rows = []
-        for pk, attempt, step, row in steps:
-            metrics = step.with_metrics
-            errors = step.to_status not in WITH_OUTPUT
-            rows.append({
-                "task_id": task_id, "range_pk": pk, "from_status": step.from_status.value,
-                "to_status": step.to_status.value, "worker": step.worker, "at": now, "attempt": attempt,
-                "cpu_s": row.cpu_s if metrics else None, "wall_s": row.wall_s if metrics else None,
-                "error_code": row.error_code if errors else None,
-                "error": row.error if errors else None,
-            })
-        self._journal(conn, rows)
+            written = conn.execute(_BULK_WRITE.values(), [{**row, "b_now": now} for row in rows]).rowcount
+            self._journal(conn, moves)
+        if written != len(rows):
+            raise _Conflict(f"task {record.name!r}: {len(rows) - written} of {len(rows)} ranges changed meanwhile")
 
     def _journal(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Append transitions: one INSERT … SELECT from a JSON record set on PostgreSQL."""
-        if not rows:
-            return
-        if self.dialect == "postgresql":
-            conn.execute(_PG_BULK_JOURNAL, {"rows": json.dumps(rows)})
-        else:
+        if rows:
             conn.execute(insert(transitions), rows)
 
     # -- after the workers: verification and merge ----------------------------------------------------
@@ -558,14 +596,13 @@ class Ledger:
 
         def work(conn: Connection) -> int:
             rows = {r.range_id: r for r in map(_row, conn.execute(
-                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.range_id.in_(list(range_ids)))
-                .order_by(ranges.c.id).with_for_update()).all())}
+                _READ_RANGES, {"b_task": record.id, "b_range_ids": list(range_ids)}).all())}
             missing = [r for r in range_ids if r not in rows]
             if missing:
                 raise RangeNotFoundError(name, missing)
-            decisions = [d for d in map(rule, rows.values()) if d is not None]
-            self._apply(conn, record, now, decisions)
-            return len(decisions)
+            changes = [(row, d) for row in rows.values() if (d := rule(row)) is not None]
+            self._apply(conn, record, now, changes)
+            return len(changes)
 
         return self._transaction(work)
 
