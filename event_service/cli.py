@@ -40,6 +40,17 @@ def _demo(args: argparse.Namespace) -> int:
                     events_per_range=args.events_per_range, workers=args.workers, cost_ms=args.cost_ms)
 
 
+def _make_input(args: argparse.Namespace) -> int:
+    from event_service.inputs import DEFAULT_SEED, INPUTS_FILE, inputs_yaml, make_inputs
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    inputs = make_inputs(args.out, events=args.events, files=args.files, seed=seed, force=args.force)
+    print(inputs_yaml(inputs), end="")
+    print(f"# {sum(item.events for item in inputs)} events in {len(inputs)} files; "
+          f"this list is also in {Path(args.out).resolve() / INPUTS_FILE}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="event-service", description="Event service for HEP production.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=4)
     demo.add_argument("--cost-ms", type=float, default=0.5, help="CPU milliseconds per event")
     demo.set_defaults(run=_demo)
+
+    make_input = commands.add_parser("make-input", help="write generator-like input ROOT files and their inputs list")
+    make_input.add_argument("--events", type=int, required=True, help="events in the whole data set")
+    make_input.add_argument("--files", type=int, required=True, help="number of files to spread them over")
+    make_input.add_argument("--out", type=Path, required=True, help="folder to write (new or empty)")
+    make_input.add_argument("--seed", type=int, help="random seed (default 20131); same arguments, same events")
+    make_input.add_argument("--force", action="store_true", help="write into a non-empty folder, overwriting")
+    make_input.set_defaults(run=_make_input)
     return parser
 
 

@@ -99,6 +99,9 @@ class DispatchClient(_Client):
     def status(self) -> TaskStatus:
         return TaskStatus.model_validate(self._call("GET", ""))
 
+    def spec(self) -> TaskSpec:
+        return TaskSpec.parse(self._call("GET", "/spec"), f"spec of task {self.task!r} from the server")
+
 
 class AdminClient(_Client):
     """The admin's connection: create, list and cancel tasks."""

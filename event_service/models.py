@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from event_service.checksums import normalize_adler32
+from event_service.urls import STORE_SCHEMES, parse_storage_url
 
 MAX_BATCH = 1000
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
@@ -54,6 +55,8 @@ class OutputRef(_Message):
     key: str = Field(min_length=1, max_length=1024)
     adler32: str
     size: int = Field(ge=0)
+    store: str | None = Field(default=None, max_length=1024,
+                              description="the store holding it, when not the task's own (a failover store)")
 
     @field_validator("key")
     @classmethod
@@ -68,6 +71,13 @@ class OutputRef(_Message):
     @classmethod
     def _adler32(cls, value: str) -> str:
         return normalize_adler32(value)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_storage_url(value, STORE_SCHEMES)
+        return value
 
 
 WorkerStatus = Literal["running", "finished", "failed", "fatal", "ready"]

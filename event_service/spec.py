@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -71,10 +72,26 @@ class PayloadSpec(_Strict):
     command: str = Field(min_length=1, max_length=4096)
 
 
-class ObjectStoreSpec(_Strict):
-    """Where per-range outputs are streamed."""
+def _endpoint_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not an endpoint URL like https://host[:port]")
+    return url.rstrip("/")
+
+
+class StoreLocation(_Strict):
+    """One object store: its URL and, for S3 servers other than AWS, the endpoint to reach it."""
 
     url: StoreURL
+    endpoint_url: Annotated[str, AfterValidator(_endpoint_url)] | None = Field(
+        default=None, description="S3 endpoint such as https://s3.example.org (MinIO, Ceph, SeaweedFS)")
+
+
+class ObjectStoreSpec(StoreLocation):
+    """Where per-range outputs are streamed, and a second store to fail over to."""
+
+    failover: StoreLocation | None = None
 
 
 class MergeSpec(_Strict):

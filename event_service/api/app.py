@@ -165,6 +165,11 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
         """Ranges per status, events done and total, live workers."""
         return ledger.status(record.name)
 
+    @app.get(f"{PREFIX}/tasks/{{task}}/spec", tags=["tasks"])
+    def task_spec(record: Task) -> TaskSpec:
+        """The task's spec as stored (generated GUIDs included): payload command, object store, inputs."""
+        return ledger.task_spec(record.name)
+
     # The two hot endpoints serialize their typed replies themselves: FastAPI would dump, re-validate
     # and dump again a reply that the ledger has just built and validated.
     @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"], response_model=ClaimReply)

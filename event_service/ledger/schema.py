@@ -66,6 +66,7 @@ ranges = Table(
     Column("worker", String(128)),
     Column("lease_expires", Double),
     Column("output_key", String(1024)),
+    Column("output_store", Text, comment="the store holding the output when not the task's own"),
     Column("adler32", String(8)),
     Column("size", BigInteger),
     Column("cpu_s", Double),

@@ -62,7 +62,15 @@ def test_create_returns_a_token_once_and_refuses_duplicates(api: Api) -> None:
     assert reply.json()["token"] not in stored and len(stored) == 64
 
 
-ENDPOINTS = [("GET", "", None), ("POST", "/claim", {"worker": "w1", "n": 1}),
+def test_a_worker_reads_its_task_spec(api: Api) -> None:
+    reply = api.client.get("/api/v1/tasks/alpha/spec", headers=api.auth("alpha"))
+    assert reply.status_code == 200
+    assert reply.json()["payload"] == {"command": "toysim --cost-ms 5"}
+    assert reply.json()["inputs"][0]["guid"] == api.ledger.task_spec("alpha").inputs[0].guid
+    assert api.client.get("/api/v1/tasks/alpha/spec", headers=api.auth("beta")).status_code == 403
+
+
+ENDPOINTS = [("GET", "", None), ("GET", "/spec", None), ("POST", "/claim", {"worker": "w1", "n": 1}),
              ("POST", "/update", {"worker": "w1", "updates": [{"range_id": "alpha.1.0-9", "status": "running"}]}),
              ("POST", "/heartbeat", {"worker": "w1"}), ("POST", "/cancel", None)]
 

@@ -1,0 +1,126 @@
+"""The payload processes of one runner: started, watched, killed when silent, restarted when they crash."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from event_service.models import ClaimedRange
+from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PayloadProcess:
+    """One payload process and what it is doing."""
+
+    slot: int
+    identity: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float
+    last_heard: float
+    in_flight: ClaimedRange | None = None
+    range_started: float = 0.0
+    told_no_more: bool = False
+
+    @property
+    def peer(self) -> bytes:
+        return self.identity.encode()
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines the process wrote, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+
+@dataclass
+class PayloadPool:
+    """N payload processes fed from one channel; each slot is restarted after a crash, within a budget."""
+
+    command: list[str]
+    workers: int
+    workdir: Path
+    channel: str
+    runner_id: str
+    max_restarts: int
+    processes: dict[bytes, PayloadProcess] = field(default_factory=dict)
+    restarts: int = 0
+    _generation: int = 0
+
+    def start(self) -> None:
+        for slot in range(self.workers):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> PayloadProcess:
+        self._generation += 1
+        identity = f"{self.runner_id}/p{slot}.{self._generation}"
+        folder = self.workdir / f"payload-{slot}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / f"payload.{self._generation}.log"
+        env = {**os.environ, CHANNEL_ENV: self.channel, PAYLOAD_ID_ENV: identity}
+        with log_path.open("wb") as log_file:
+            try:
+                popen = subprocess.Popen(self.command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise OSError(f"cannot start the payload {' '.join(self.command)!r}: {exc.strerror or exc}") from None
+        now = time.monotonic()
+        process = PayloadProcess(slot, identity, popen, log_path, now, now)
+        self.processes[process.peer] = process
+        log.info("started payload %s (pid %d): %s", identity, popen.pid, " ".join(self.command))
+        return process
+
+    def exited(self) -> list[tuple[PayloadProcess, int]]:
+        """Processes that have exited since the last call, with their exit codes; they leave the pool."""
+        gone = [(p, code) for p in self.processes.values() if (code := p.popen.poll()) is not None]
+        for process, _ in gone:
+            del self.processes[process.peer]
+        return gone
+
+    def restart(self, process: PayloadProcess) -> PayloadProcess | None:
+        """Start a new process in a crashed one's slot, or None once the restart budget is spent."""
+        if self.restarts >= self.max_restarts:
+            return None
+        self.restarts += 1
+        return self._spawn(process.slot)
+
+    def kill(self, process: PayloadProcess) -> int:
+        """Kill a process (and its children) now; returns its exit code."""
+        try:
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        code = process.popen.wait()
+        self.processes.pop(process.peer, None)
+        return code
+
+    def silent(self, limit_s: float, now: float) -> list[PayloadProcess]:
+        """Processes holding a range that have said nothing for longer than ``limit_s``."""
+        return [p for p in self.processes.values() if p.in_flight is not None and now - p.last_heard > limit_s]
+
+    def stop(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for every process to exit, then terminate, then kill what is left."""
+        deadline = time.monotonic() + grace_s
+        for process in list(self.processes.values()):
+            try:
+                process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("payload %s did not exit within the grace period; terminating it", process.identity)
+                try:
+                    os.killpg(process.popen.pid, signal.SIGTERM)
+                    process.popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.kill(process)
+                except ProcessLookupError:
+                    process.popen.wait()
+        self.processes.clear()

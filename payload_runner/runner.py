@@ -1,0 +1,465 @@
+"""The runner (RunJobEvent): claims event ranges, feeds them to payloads over ZeroMQ, stages outputs out."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from event_service.models import ClaimedRange, RangeUpdate, TaskState
+from event_service.protocol import (
+    ErrorReport,
+    EventRangeMessage,
+    NoMoreEvents,
+    OutputReport,
+    ProtocolError,
+    ReadyForEvents,
+    parse_payload_message,
+)
+from event_service.stores import ObjectStore
+from payload_runner.channel import RunnerChannel, channel_address
+from payload_runner.manifest import Manifest, PendingOutput
+from payload_runner.processes import PayloadPool, PayloadProcess
+from payload_runner.source import RangeSource
+from payload_runner.stageout import StageOut, StageOutJob, StageOutResult
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = {"done": 0, "cancelled": 0, "drained": 0, "idle": 0, "stageout_failed": 3, "payload_failed": 4}
+
+
+@dataclass
+class RunnerOptions:
+    """How a runner behaves; the defaults suit a grid node."""
+
+    workers: int = 1
+    batch: int | None = None  # ranges claimed at a time; default twice the payload processes
+    idle_timeout_s: float | None = None  # exit when no range came for this long while others hold them
+    silence_s: float = 600.0  # kill a payload that holds a range and says nothing for this long
+    grace_s: float = 30.0  # on a drain, how long in-flight ranges may still finish
+    max_restarts: int | None = None  # payload restarts after crashes; default 3 per payload process
+    stageout_threads: int = 4
+    upload_retries: int = 3
+    upload_backoff_s: float = 0.5
+    report_interval_s: float = 1.0
+    outage_s: float = 600.0  # give up when the object store stays unreachable for this long
+    poll_max_s: float = 10.0  # longest wait between claims while other workers hold the ranges
+
+
+@dataclass
+class RunSummary:
+    """What one run of the runner did."""
+
+    task: str
+    worker: str
+    reason: str = "done"
+    claimed: int = 0
+    finished: int = 0
+    failed: int = 0
+    released: int = 0
+    rejected: int = 0
+    recovered: int = 0
+    events: int = 0
+    payload_cpu_s: float = 0.0
+    payload_wall_s: float = 0.0
+    wall_s: float = 0.0
+    staged_bytes: int = 0
+    upload_s: float = 0.0
+    restarts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.reason]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+class Runner:
+    """One runner: one task, one worker id, N payload processes sharing one queue of claimed ranges."""
+
+    def __init__(self, source: RangeSource, command: list[str], stores: list[ObjectStore], workdir: Path,
+                 worker_id: str, options: RunnerOptions | None = None) -> None:
+        self.source = source
+        self.options = options or RunnerOptions()
+        self.workdir = workdir.resolve()
+        self.worker_id = worker_id
+        self.batch = self.options.batch or 2 * self.options.workers
+        self.summary = RunSummary(task=source.task, worker=worker_id)
+        self.stageout = StageOut(source.task, stores, threads=self.options.stageout_threads,
+                                 retries=self.options.upload_retries, backoff_s=self.options.upload_backoff_s)
+        self.command = command
+        self.queue: deque[ClaimedRange] = deque()
+        self.waiting: deque[bytes] = deque()
+        self.updates: list[RangeUpdate] = []
+        self.staged: dict[tuple[str, int], Path] = {}  # reported outputs' local files, removed once reported
+        self.events_of: dict[str, int] = {}
+        self.stop = threading.Event()  # a drain was asked for (signal, cancel, idle, failure)
+        self.closing = threading.Event()  # the run is over: the heartbeat thread ends
+        self.claiming = True
+        self.task_over = False
+        self.drain_deadline: float | None = None
+        self.next_claim = 0.0
+        self.claim_backoff = 0.2
+        self.last_range_at = time.monotonic()
+        self.last_flush = time.monotonic()
+        self.next_probe = 0.0
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        """Run until the task is done, the runner is told to stop, or it cannot go on; returns the summary."""
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        recovered = Manifest.pending(self.workdir)
+        Manifest.archive(self.workdir)
+        self.manifest = Manifest(self.workdir)
+        restore = self._install_signal_handlers()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        try:
+            with RunnerChannel(channel_address(self.workdir)) as channel:
+                self.channel = channel
+                self.pool = PayloadPool(self.command, self.options.workers, self.workdir, channel.address,
+                                        self.worker_id, self.options.max_restarts
+                                        if self.options.max_restarts is not None else 3 * self.options.workers)
+                self._recover(recovered)
+                beat.start()
+                self.pool.start()
+                while self._step():
+                    pass
+        finally:
+            self.closing.set()
+            if beat.is_alive():
+                beat.join(timeout=5)
+            if hasattr(self, "pool"):
+                self.pool.stop(grace_s=1.0)
+            self.stageout.close(wait=True)
+            self._collect(self.stageout.results())
+            self._flush(force=True)
+            self.manifest.close()
+            self.source.close()
+            restore()
+        self.summary.wall_s = time.monotonic() - started
+        self.summary.staged_bytes = self.stageout.bytes
+        self.summary.upload_s = self.stageout.upload_s
+        self.summary.restarts = self.pool.restarts
+        return self.summary
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when the runner is finished."""
+        now = time.monotonic()
+        if self.stop.is_set() and self.drain_deadline is None:
+            self._drain(now, "drained" if self.summary.reason == "done" else self.summary.reason)
+        self._watch_stageout(now)
+        self._claim(now)
+        received = self.channel.recv(timeout_s=0.2)
+        if received is not None:
+            self._on_message(*received)
+        self._watch_processes(time.monotonic())
+        self._collect(self.stageout.results())
+        self._flush()
+        return not self._finished()
+
+    def _finished(self) -> bool:
+        if self.claiming or self.queue or (self.stageout.is_down and self.drain_deadline is None):
+            return False
+        if any(p.in_flight for p in self.pool.processes.values()):
+            return False
+        if self.pool.processes:
+            # Tell idle payloads there is no more work; they exit by themselves.
+            for process in self.pool.processes.values():
+                if not process.told_no_more and process.peer in self.waiting:
+                    self._send(process, NoMoreEvents().dump())
+                    process.told_no_more = True
+            self.waiting.clear()
+            return False
+        return self.stageout.pending == 0 and not self.updates
+
+    # -- claiming and handing out ---------------------------------------------------------------------------
+
+    def _claim(self, now: float) -> None:
+        if not self.claiming or len(self.queue) > self.options.workers or now < self.next_claim:
+            return
+        try:
+            ranges, state = self.source.claim(self.batch - len(self.queue))
+        except (ConnectionError, OSError) as exc:
+            log.warning("claim failed: %s; retrying in %.1f s", exc, self.claim_backoff)
+            self._back_off(now)
+            return
+        if ranges:
+            self.queue.extend(ranges)
+            self.summary.claimed += len(ranges)
+            for r in ranges:
+                self.events_of[r.range_id] = r.last_event - r.first_event + 1
+            self.last_range_at = now
+            self.claim_backoff = 0.2
+            while self.waiting and self.queue:
+                process = self.pool.processes.get(self.waiting.popleft())
+                if process is not None:
+                    self._hand_out(process)
+            return
+        if state == TaskState.DONE:
+            log.info("task %s is done: no more ranges", self.source.task)
+            self.claiming = False
+            self.task_over = True
+        elif state == TaskState.CANCELLED:
+            self.summary.reason = "cancelled"
+            self.stop.set()
+        elif self.options.idle_timeout_s is not None and now - self.last_range_at > self.options.idle_timeout_s:
+            log.info("no range for %.0f s (others hold them); leaving", self.options.idle_timeout_s)
+            self.summary.reason = "idle"
+            self.stop.set()
+        else:
+            self._back_off(now)
+
+    def _back_off(self, now: float) -> None:
+        self.next_claim = now + self.claim_backoff
+        self.claim_backoff = min(self.claim_backoff * 2, self.options.poll_max_s)
+
+    def _hand_out(self, process: PayloadProcess) -> None:
+        if self.queue:
+            r = self.queue.popleft()
+            message = EventRangeMessage.from_claimed(r.range_id, r.lfn, r.guid, r.first_event, r.last_event,
+                                                     pfn=r.url)
+            process.in_flight = r
+            process.range_started = time.monotonic()
+            self._send(process, message.dump())
+        elif self.claiming:
+            self.waiting.append(process.peer)  # answered when the next claim brings ranges
+        else:
+            self._send(process, NoMoreEvents().dump())
+            process.told_no_more = True
+
+    def _send(self, process: PayloadProcess, text: str) -> None:
+        try:
+            self.channel.send(process.peer, text)
+        except ConnectionError as exc:
+            log.warning("cannot reach payload %s: %s", process.identity, exc)
+
+    # -- payload messages -----------------------------------------------------------------------------------
+
+    def _on_message(self, peer: bytes, text: str) -> None:
+        process = self.pool.processes.get(peer)
+        if process is None:
+            log.warning("message from unknown payload %r ignored: %.200s", peer, text)
+            return
+        process.last_heard = time.monotonic()
+        try:
+            message = parse_payload_message(text)
+        except ProtocolError as exc:
+            log.error("payload %s: %s", process.identity, exc)
+            self._lose(process, "ERR_BAD_MESSAGE", str(exc), kill=True)
+            return
+        if isinstance(message, ReadyForEvents):
+            if process.in_flight is not None:
+                self._fail(process.in_flight.range_id, process.in_flight.attempt, "ERR_NO_OUTPUT",
+                           f"payload {process.identity} asked for events without reporting this range")
+                process.in_flight = None
+            self._hand_out(process)
+        elif isinstance(message, OutputReport):
+            self._on_output(process, message)
+        elif isinstance(message, ErrorReport):
+            r = process.in_flight
+            if r is None or r.range_id != message.range_id:
+                log.error("payload %s reported an error for %s, which it does not hold", process.identity,
+                          message.range_id)
+                return
+            self._fail(r.range_id, r.attempt, message.code, message.message or f"payload reported {message.code}")
+            process.in_flight = None
+
+    def _on_output(self, process: PayloadProcess, message: OutputReport) -> None:
+        r = process.in_flight
+        if r is None or r.range_id != message.range_id:
+            log.error("payload %s reported output for %s, which it does not hold", process.identity,
+                      message.range_id)
+            return
+        process.in_flight = None
+        path = (process.log_path.parent / message.path).resolve()
+        if not path.is_relative_to(self.workdir):
+            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR", f"output path {message.path!r} is outside {self.workdir}")
+            return
+        if not path.is_file():
+            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_MISSING", f"output file {path} does not exist")
+            return
+        self.summary.payload_cpu_s += float(message.cpu_s)
+        self.summary.payload_wall_s += float(message.wall_s)
+        pending = PendingOutput(r.range_id, r.attempt, str(path), float(message.cpu_s), float(message.wall_s))
+        self.manifest.output(pending)
+        self.stageout.submit(StageOutJob(r.range_id, r.attempt, path, pending.cpu_s, pending.wall_s))
+
+    # -- failures -------------------------------------------------------------------------------------------
+
+    def _fail(self, range_id: str, attempt: int, code: str, error: str) -> None:
+        log.warning("range %s failed (%s): %s", range_id, code, error)
+        self.updates.append(RangeUpdate(range_id=range_id, status="failed", error_code=code[:64],
+                                        error=error[:4096], attempt=attempt))
+
+    def _release(self, r: ClaimedRange) -> None:
+        self.updates.append(RangeUpdate(range_id=r.range_id, status="ready", attempt=r.attempt))
+
+    def _lose(self, process: PayloadProcess, code: str, error: str, *, kill: bool) -> None:
+        """A payload process is gone or must go: its range failed; restart it within the budget."""
+        if kill:
+            self.pool.kill(process)
+        if process.in_flight is not None:
+            self._fail(process.in_flight.range_id, process.in_flight.attempt, code, error)
+            process.in_flight = None
+        if process.peer in self.waiting:
+            self.waiting.remove(process.peer)
+        if self.drain_deadline is not None or not (self.claiming or self.queue):
+            return
+        if self.pool.restart(process) is None and not self.pool.processes:
+            self.summary.notes.append(f"payload restart budget ({self.pool.max_restarts}) exhausted: {error}")
+            self.summary.reason = "payload_failed"
+            self.stop.set()
+
+    def _watch_processes(self, now: float) -> None:
+        for process, code in self.pool.exited():
+            if process.in_flight is None and process.told_no_more and code == 0:
+                continue
+            tail = process.tail()
+            self._lose(process, "ERR_PAYLOAD_EXIT",
+                       f"payload {process.identity} exited with code {code}" + (f"; it said: {tail}" if tail else ""),
+                       kill=False)
+        for process in self.pool.silent(self.options.silence_s, now):
+            self._lose(process, "ERR_PAYLOAD_HANG",
+                       f"payload {process.identity} said nothing for {self.options.silence_s:.0f} s; killed", kill=True)
+        if self.drain_deadline is not None and now > self.drain_deadline:
+            for process in list(self.pool.processes.values()):
+                log.warning("payload %s still busy at the end of the grace period; stopping it", process.identity)
+                self.pool.kill(process)
+                if process.in_flight is not None:
+                    self._release(process.in_flight)
+                    self.summary.released += 1
+                    process.in_flight = None
+
+    def _drain(self, now: float, reason: str) -> None:
+        """Stop claiming, give back what has not started, let the payloads finish within the grace period."""
+        log.info("draining (%s): %d queued ranges given back, %.0f s grace for ranges in flight", reason,
+                 len(self.queue), self.options.grace_s)
+        self.summary.reason = reason
+        self.claiming = False
+        self.drain_deadline = now + self.options.grace_s
+        while self.queue:
+            self._release(self.queue.popleft())
+            self.summary.released += 1
+        for peer in list(self.waiting):
+            process = self.pool.processes.get(peer)
+            if process is not None:
+                self._send(process, NoMoreEvents().dump())
+                process.told_no_more = True
+        self.waiting.clear()
+
+    # -- stage-out and reports -----------------------------------------------------------------------------
+
+    def _watch_stageout(self, now: float) -> None:
+        if not self.stageout.is_down:
+            if not self.claiming and not self.task_over and self.drain_deadline is None:
+                self.claiming = True  # the store is back
+            return
+        if self.claiming:
+            self.claiming = False
+            while self.queue:
+                self._release(self.queue.popleft())
+                self.summary.released += 1
+        assert self.stageout.down_since is not None
+        if now - self.stageout.down_since > self.options.outage_s:
+            self.summary.reason = "stageout_failed"
+            self.summary.notes.append(f"object store {self.stageout.store_url} unreachable for "
+                                      f"{self.options.outage_s:.0f} s")
+            self.stop.set()
+        elif now >= self.next_probe:
+            self.next_probe = now + 5.0
+            self.stageout.probe()
+
+    def _collect(self, results: list[StageOutResult]) -> None:
+        for result in results:
+            job = result.job
+            if result.output is None:
+                self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", result.error or "stage-out failed")
+                self.staged[(job.range_id, job.attempt)] = job.path
+                continue
+            self.staged[(job.range_id, job.attempt)] = job.path
+            self.updates.append(RangeUpdate(range_id=job.range_id, status="finished", output=result.output,
+                                            cpu_s=job.cpu_s, wall_s=job.wall_s, attempt=job.attempt))
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.updates or (not force and len(self.updates) < self.batch
+                                and now - self.last_flush < self.options.report_interval_s):
+            return
+        batch, self.updates = self.updates[:1000], self.updates[1000:]
+        try:
+            results = self.source.report(batch)
+        except (ConnectionError, OSError) as exc:
+            log.warning("reporting %d ranges failed: %s; keeping them for the next try", len(batch), exc)
+            self.updates[:0] = batch
+            if force:
+                self.summary.notes.append(f"{len(batch)} reports could not be delivered: {exc}")
+            return
+        self.last_flush = now
+        for item, result in zip(batch, results, strict=True):
+            if item.status == "finished":
+                if result.result == "rejected":
+                    self.summary.rejected += 1
+                    log.warning("range %s: %s", item.range_id, result.reason)
+                else:
+                    self.summary.finished += 1
+                    self.summary.events += self.events_of.get(item.range_id, 0)
+            elif item.status == "failed" and result.result == "accepted":
+                self.summary.failed += 1
+            if item.status in ("finished", "failed"):
+                path = self.staged.pop((item.range_id, item.attempt or 0), None)
+                if path is not None:
+                    self.manifest.reported(item.range_id, item.attempt or 0)
+                    path.unlink(missing_ok=True)
+        if self.updates and force:
+            self._flush(force=True)
+
+    # -- recovery, heartbeats, signals ----------------------------------------------------------------------
+
+    def _recover(self, pending: list[PendingOutput]) -> None:
+        """Stage out and report outputs that a previous runner in this work directory left behind."""
+        for item in pending:
+            path = Path(item.path)
+            if not path.is_file():
+                log.warning("recovered output %s of %s is gone; the ledger will re-dispatch the range", path,
+                            item.range_id)
+                continue
+            log.info("recovering output of %s (attempt %d) left by a previous run", item.range_id, item.attempt)
+            self.manifest.output(item)
+            self.stageout.submit(StageOutJob(item.range_id, item.attempt, path, item.cpu_s, item.wall_s))
+            self.summary.recovered += 1
+
+    def _heartbeats(self) -> None:
+        while not self.closing.wait(max(1.0, self.source.lease_seconds / 3)):
+            try:
+                if not self.source.heartbeat():
+                    log.info("the task was cancelled; draining")
+                    self.summary.reason = "cancelled"
+                    self.stop.set()
+            except (ConnectionError, OSError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(number: int, _frame: FrameType | None) -> None:
+            log.info("received %s: draining", signal.Signals(number).name)
+            self.stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
