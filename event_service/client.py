@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import quote
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import requests
 from event_service.models import (
     ClaimReply,
     HeartbeatReply,
+    RangeInfo,
     RangeUpdate,
     TaskCreated,
     TaskStatus,
@@ -93,11 +95,15 @@ class DispatchClient(_Client):
         reply = self._call("POST", "/update", body)
         return [UpdateResult.model_validate(item) for item in reply["results"]]
 
-    def heartbeat(self, worker: str, host: str | None = None) -> HeartbeatReply:
-        return HeartbeatReply.model_validate(self._call("POST", "/heartbeat", {"worker": worker, "host": host}))
+    def heartbeat(self, worker: str, host: str | None = None, restarted: bool = False) -> HeartbeatReply:
+        body = {"worker": worker, "host": host, "restarted": restarted}
+        return HeartbeatReply.model_validate(self._call("POST", "/heartbeat", body))
 
     def status(self) -> TaskStatus:
         return TaskStatus.model_validate(self._call("GET", ""))
+
+    def range_info(self, range_id: str) -> RangeInfo:
+        return RangeInfo.model_validate(self._call("GET", f"/ranges/{quote(range_id, safe='')}"))
 
     def spec(self) -> TaskSpec:
         return TaskSpec.parse(self._call("GET", "/spec"), f"spec of task {self.task!r} from the server")

@@ -132,6 +132,9 @@ class UpdateRequest(_Message):
 class HeartbeatRequest(_Message):
     worker: str = Field(pattern=WORKER_ID_PATTERN)
     host: str | None = Field(default=None, max_length=255)
+    restarted: bool = Field(default=False, description=(
+        "the worker starts afresh: ranges it held before go back to ready (the attempt counts), "
+        "so that its new heartbeats do not keep alive work nobody does"))
 
 
 class ClaimedRange(_Message):
@@ -168,6 +171,7 @@ class UpdateReply(_Message):
 
 class HeartbeatReply(_Message):
     renewed: int = Field(description="ranges whose lease was renewed")
+    released: int = Field(default=0, description="ranges given back because the worker restarted")
     lease_seconds: int
     state: TaskState
     command: Literal["stop"] | None = None
@@ -184,6 +188,16 @@ class TaskStatus(_Message):
     events_done: int
     live_workers: int
     created_at: float
+
+
+class RangeInfo(_Message):
+    """One range as the ledger holds it now."""
+
+    range_id: str
+    status: RangeStatus
+    attempt: int
+    worker: str | None
+    output: OutputRef | None
 
 
 class TaskCreated(_Message):

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace", type=float, default=30.0, help="seconds in-flight ranges get on a drain")
     parser.add_argument("--max-restarts", type=int, help="payload restarts after crashes (default: 3 x workers)")
     parser.add_argument("--stageout-threads", type=int, default=4)
+    parser.add_argument("--report-interval", type=float, default=1.0,
+                        help="seconds between batched reports to the server")
+    parser.add_argument("--outage-timeout", type=float, default=600.0,
+                        help="leave when the object store stays unreachable for this long")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -104,6 +108,8 @@ def run(args: argparse.Namespace) -> RunSummary:
                               socket.gethostname())
         spec: TaskSpec = server.spec()
         server.lease_seconds = spec.lease_seconds
+        if released := server.start():
+            log.info("%d ranges held by this worker id before its restart went back to the task", released)
         task, payload, store_spec, source = spec.name, spec.payload, spec.object_store, server
     command = args.payload or (payload.command if payload else None)
     if not command:
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> RunSummary:
     argv = resolve_command(shlex.split(command))
     options = RunnerOptions(workers=args.workers, batch=args.batch, idle_timeout_s=args.idle_timeout,
                             silence_s=args.silence_timeout, grace_s=args.grace, max_restarts=args.max_restarts,
-                            stageout_threads=args.stageout_threads)
+                            stageout_threads=args.stageout_threads, report_interval_s=args.report_interval,
+                            outage_s=args.outage_timeout)
     runner = Runner(source, argv, _stores(store_spec, args.store, args.store_endpoint), workdir,
                     _worker_id(workdir, args.worker_id), options)
     log.info("runner %s: task %s, %d x %s, work directory %s, store %s", runner.worker_id, task, args.workers,

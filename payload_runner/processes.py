@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,15 @@ from event_service.models import ClaimedRange
 from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
 
 log = logging.getLogger(__name__)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the runner dies, even by SIGKILL, so no payload is left orphaned."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -71,7 +82,8 @@ class PayloadPool:
         with log_path.open("wb") as log_file:
             try:
                 popen = subprocess.Popen(self.command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise OSError(f"cannot start the payload {' '.join(self.command)!r}: {exc.strerror or exc}") from None
         now = time.monotonic()

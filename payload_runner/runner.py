@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from event_service.models import ClaimedRange, RangeUpdate, TaskState
+from event_service.models import WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState
 from event_service.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -432,6 +432,14 @@ class Runner:
             if not path.is_file():
                 log.warning("recovered output %s of %s is gone; the ledger will re-dispatch the range", path,
                             item.range_id)
+                continue
+            info = self.source.range_info(item.range_id)
+            if info is not None and info.status in WITH_OUTPUT and (info.worker, info.attempt) != (
+                    self.worker_id, item.attempt):
+                log.info("output of %s left by a previous run is not needed: worker %s finished the range",
+                         item.range_id, info.worker)
+                path.unlink()
+                self.summary.notes.append(f"{item.range_id}: finished by {info.worker}; left-over output dropped")
                 continue
             log.info("recovering output of %s (attempt %d) left by a previous run", item.range_id, item.attempt)
             self.manifest.output(item)

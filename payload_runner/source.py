@@ -12,7 +12,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from event_service.client import DispatchClient
-from event_service.models import ClaimedRange, RangeStatus, RangeUpdate, TaskState, UpdateResult
+from event_service.models import ClaimedRange, RangeInfo, RangeStatus, RangeUpdate, TaskState, UpdateResult
 from event_service.spec import ObjectStoreSpec, PayloadSpec, TaskSpec, describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ class RangeSource(Protocol):
 
     def heartbeat(self) -> bool:
         """Renew the leases; False when the task says stop."""
+        ...
+
+    def range_info(self, range_id: str) -> RangeInfo | None:
+        """The ledger's view of one range, where the source has a ledger."""
         ...
 
     def close(self) -> None: ...
@@ -50,6 +54,10 @@ class ServerSource:
     def spec(self) -> TaskSpec:
         return self._client.spec()
 
+    def start(self) -> int:
+        """Announce a fresh start: ranges this worker id held in an earlier life go back to the task."""
+        return self._client.heartbeat(self.worker, self.host, restarted=True).released
+
     def claim(self, n: int) -> tuple[list[ClaimedRange], TaskState]:
         reply = self._client.claim(self.worker, n, self.host)
         self.lease_seconds = reply.lease_seconds
@@ -57,6 +65,9 @@ class ServerSource:
 
     def report(self, updates: Sequence[RangeUpdate]) -> list[UpdateResult]:
         return self._client.update(self.worker, updates)
+
+    def range_info(self, range_id: str) -> RangeInfo | None:
+        return self._client.range_info(range_id)
 
     def heartbeat(self) -> bool:
         return self._beat_client.heartbeat(self.worker, self.host).command != "stop"
@@ -134,6 +145,9 @@ class JobFileSource:
 
     def heartbeat(self) -> bool:
         return True
+
+    def range_info(self, range_id: str) -> RangeInfo | None:
+        return None
 
     def close(self) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ from event_service.models import (
     ClaimRequest,
     HeartbeatReply,
     HeartbeatRequest,
+    RangeInfo,
     TaskCreated,
     TaskStatus,
     UpdateReply,
@@ -170,6 +171,11 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
         """The task's spec as stored (generated GUIDs included): payload command, object store, inputs."""
         return ledger.task_spec(record.name)
 
+    @app.get(f"{PREFIX}/tasks/{{task}}/ranges/{{range_id}}", tags=["workers"])
+    def range_info(range_id: str, record: Task) -> RangeInfo:
+        """One range's status, attempt, holder and output (a runner recovering old outputs asks first)."""
+        return ledger.range_info(record.name, range_id)
+
     # The two hot endpoints serialize their typed replies themselves: FastAPI would dump, re-validate
     # and dump again a reply that the ledger has just built and validated.
     @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"], response_model=ClaimReply)
@@ -185,7 +191,7 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
     @app.post(f"{PREFIX}/tasks/{{task}}/heartbeat", tags=["workers"])
     def heartbeat(body: HeartbeatRequest, record: Task) -> HeartbeatReply:
         """Renew the worker's leases; ``command: stop`` when the task was cancelled."""
-        return ledger.heartbeat(record.name, body.worker, body.host)
+        return ledger.heartbeat(record.name, body.worker, body.host, body.restarted)
 
     @app.post(f"{PREFIX}/tasks/{{task}}/cancel", tags=["tasks"])
     def cancel(task: str, _admin: Admin) -> TaskStatus:

@@ -50,6 +50,8 @@ from event_service.models import (
     ClaimedRange,
     ClaimReply,
     HeartbeatReply,
+    OutputRef,
+    RangeInfo,
     RangeStatus,
     RangeUpdate,
     TaskState,
@@ -442,12 +444,28 @@ class Ledger:
 
     # -- leases ---------------------------------------------------------------------------------------
 
-    def heartbeat(self, name: str, worker: str, host: str | None = None) -> HeartbeatReply:
-        """Renew every lease ``worker`` holds in the task; says ``stop`` when the task was cancelled."""
+    def heartbeat(self, name: str, worker: str, host: str | None = None,
+                  restarted: bool = False) -> HeartbeatReply:
+        """Renew every lease ``worker`` holds in the task; says ``stop`` when the task was cancelled.
+
+        ``restarted``: the worker lost its state (a runner started again under the same id); what it held
+        goes back to ready like a lapsed lease, instead of being kept alive by its new heartbeats.
+        """
         record = self.task(name)
         now = time.time()
+        released = 0
 
         def work(conn: Connection) -> tuple[int, str]:
+            nonlocal released
+            if restarted:
+                rows = [_row(r) for r in conn.execute(
+                    select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
+                                                ranges.c.status.in_([s.value for s in IN_FLIGHT]))
+                    .order_by(ranges.c.id)).all()]
+                self._apply(conn, record, now, [(row, fail_or_requeue(
+                    row, record.max_attempts, None, "worker_restarted",
+                    f"worker {worker!r} restarted and no longer holds the range", None)) for row in rows])
+                released = len(rows)
             renewed = conn.execute(
                 update(ranges).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
                                      ranges.c.status.in_([s.value for s in IN_FLIGHT]))
@@ -458,7 +476,7 @@ class Ledger:
 
         renewed, state = self._transaction(work)
         cancelled = state == TaskState.CANCELLED
-        return HeartbeatReply(renewed=renewed, lease_seconds=record.lease_seconds,
+        return HeartbeatReply(renewed=renewed, released=released, lease_seconds=record.lease_seconds,
                               state=TaskState.CANCELLED if cancelled else TaskState.RUNNING,
                               command="stop" if cancelled else None)
 
@@ -605,6 +623,20 @@ class Ledger:
             return len(changes)
 
         return self._transaction(work)
+
+    def range_info(self, name: str, range_id: str) -> RangeInfo:
+        """One range's status, attempt, holder and output."""
+        record = self.task(name)
+        rows = self._transaction(lambda conn: conn.execute(
+            _READ_RANGES, {"b_task": record.id, "b_range_ids": [range_id]}).all())
+        if not rows:
+            raise RangeNotFoundError(name, [range_id])
+        row = _row(rows[0])
+        output = None
+        if row.output_key is not None and row.adler32 is not None and row.size is not None:
+            output = OutputRef(key=row.output_key, adler32=row.adler32, size=row.size, store=row.output_store)
+        return RangeInfo(range_id=row.range_id, status=row.status, attempt=row.attempt, worker=row.worker,
+                         output=output)
 
     def transitions(self, name: str, range_id: str | None = None) -> list[dict[str, Any]]:
         """The recorded transitions of a task (or one range), oldest first."""

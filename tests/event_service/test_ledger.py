@@ -241,3 +241,15 @@ def test_schema_version_mismatch_is_refused(ledger_url: str) -> None:
 def test_bad_database_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         Ledger(url)
+
+
+def test_a_restarted_worker_gives_back_what_it_held(demo: Ledger) -> None:
+    demo.claim("demo", "w1", 2)
+    demo.update("demo", "w1", [finished("demo.1.0-9")])
+    beat = demo.heartbeat("demo", "w1", restarted=True)
+    assert (beat.released, beat.renewed) == (1, 0)
+    assert statuses(demo) == {"finished": 1, "ready": 3}
+    moved = demo.transitions("demo", "demo.1.10-19")[-1]
+    assert (moved["to_status"], moved["error_code"]) == ("ready", "worker_restarted")
+    # The restarted worker may still report what it had finished before (a late report).
+    assert demo.update("demo", "w1", [finished("demo.1.10-19")])[0].result == "accepted"

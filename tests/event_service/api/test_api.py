@@ -38,7 +38,7 @@ def test_round_trip(api: Api) -> None:
         {"range_id": "alpha.1.0-9", **FINISHED}]})
     assert repeat.json()["results"][0]["result"] == "duplicate"
     beat = c.post("/api/v1/tasks/alpha/heartbeat", json={"worker": "w1"}, headers=h).json()
-    assert beat == {"renewed": 0, "lease_seconds": 60, "state": "running", "command": None}
+    assert beat == {"renewed": 0, "released": 0, "lease_seconds": 60, "state": "running", "command": None}
     status = c.get("/api/v1/tasks/alpha", headers=h).json()
     assert (status["events_done"], status["events_total"], status["live_workers"]) == (10, 30, 1)
     assert {k: v for k, v in status["counts"].items() if v} == {"finished": 1, "ready": 2}
