@@ -5,6 +5,8 @@ set -euo pipefail
 # One line per package: "<debian package>|<shell test that succeeds when it is already present>".
 REQUIREMENTS=(
   "postgresql|compgen -G '/usr/lib/postgresql/*/bin/initdb'"
+  "xrootd-server|command -v xrootd"
+  "xrootd-client|command -v xrdcp"
 )
 
 log() { printf 'ensure-test-deps: %s\n' "$*" >&2; }

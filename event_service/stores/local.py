@@ -1,0 +1,182 @@
+"""The local-directory object store (``file:///abs/dir``), the embedded default: metadata in a sidecar file.
+
+An object ``<dir>/<name>`` has its adler32 and size in the JSON sidecar ``<dir>/.<name>.meta``. A put writes
+``<dir>/.<name>.<hex>.tmp`` and fsyncs it, checks it, removes any old sidecar, renames the data into place and
+only then writes the new sidecar (itself through a temporary file and a rename), fsyncing the directory after
+each step. A crash at any point leaves either the old complete object, nothing, or data without a sidecar, which
+``head`` and ``list`` treat as absent (and a later put replaces). Names starting with ``.`` are never keys, so
+temporary and sidecar files never collide with objects and ``list`` skips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from event_service.checksums import adler32_file, normalize_adler32
+from event_service.stores.base import (
+    Checksum,
+    Download,
+    ObjectStore,
+    StoredObject,
+    fsync_dir,
+    iter_file,
+    iter_source,
+)
+from event_service.stores.errors import ChecksumMismatchError, InvalidKeyError, ObjectStoreError
+from event_service.stores.keys import is_valid_key
+
+META_SUFFIX = ".meta"
+
+
+def _meta_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{META_SUFFIX}"
+
+
+def _temp_path(path: Path, what: str) -> Path:
+    return path.parent / f".{path.name}.{what}{uuid.uuid4().hex}.tmp"
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under a local directory, each with a JSON metadata sidecar."""
+
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root)
+        if not root.is_absolute():
+            raise ValueError(f"a local object store needs an absolute directory, got {str(root)!r}")
+        self.root = Path(os.path.normpath(root))
+        self.url = self.root.as_uri()
+
+    # ------------------------------------------------------------------ paths
+
+    def _inside(self, key: str, path: Path) -> Path:
+        """``path`` if, with symbolic links resolved, it stays below the root; else InvalidKeyError."""
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise InvalidKeyError(key, f"resolves to {real}, outside the store's directory {real_root} "
+                                       "(through a symbolic link)")
+        return path
+
+    def path(self, key: str) -> Path:
+        """The file that holds (or would hold) ``key``'s data."""
+        return self._inside(key, self.root.joinpath(*key.split("/")))
+
+    def _read_meta(self, key: str, path: Path) -> Checksum | None:
+        meta = _meta_path(path)
+        try:
+            text = meta.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            adler32 = normalize_adler32(data["adler32"])
+            size = data["size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"size {size!r} is not an int >= 0")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ObjectStoreError(self.url, key, f"metadata file {meta} is malformed: {exc}") from exc
+        return Checksum(adler32, size)
+
+    def _write_meta(self, path: Path, checksum: Checksum) -> None:
+        temp = _temp_path(path, "meta.")
+        try:
+            with open(temp, "x") as out:
+                json.dump({"adler32": checksum.adler32, "size": checksum.size}, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, _meta_path(path))
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+    # ------------------------------------------------------------------ backend hooks
+
+    def _put(self, key: str, source: Path | bytes, expected: Checksum) -> StoredObject:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp_path(path, "")
+        try:
+            with open(temp, "xb") as out:
+                for chunk in iter_source(source):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            found_adler32, found_size = adler32_file(temp)
+            if found_size != expected.size:
+                raise ChecksumMismatchError(self.url, key, "size", expected.size, found_size,
+                                            "after upload, in the written file before its rename into place")
+            if found_adler32 != expected.adler32:
+                raise ChecksumMismatchError(self.url, key, "adler32", expected.adler32, found_adler32,
+                                            "after upload, in the written file before its rename into place")
+            _meta_path(path).unlink(missing_ok=True)  # the old object stops existing before its data changes
+            fsync_dir(path.parent)
+            os.replace(temp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        self._write_meta(path, expected)
+        return StoredObject(key, expected.size, expected.adler32, path.as_uri())
+
+    def _complete(self, key: str, path: Path) -> tuple[StoredObject, Checksum] | None:
+        """The object at ``path`` and its recorded metadata, if both data and sidecar are there."""
+        meta = self._read_meta(key, path)
+        if meta is None:
+            return None
+        try:
+            info = path.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return StoredObject(key, info.st_size, meta.adler32, path.as_uri()), meta
+
+    def _head(self, key: str) -> StoredObject | None:
+        found = self._complete(key, self.path(key))
+        return found[0] if found else None
+
+    @contextlib.contextmanager
+    def _download(self, key: str) -> Iterator[Download]:
+        path = self.path(key)
+        found = self._complete(key, path)
+        if found is None:
+            raise self.not_found(key, f"no complete object at {path}")
+        obj, meta = found
+        yield Download(obj, meta.size, iter_file(path))
+
+    def _list(self, prefix: str) -> Iterator[StoredObject]:
+        directory, _, name_start = prefix.rpartition("/")
+        start = self.root.joinpath(*directory.split("/")) if directory else self.root
+        self._inside(prefix, start)
+        if start.is_dir() and not start.is_symlink():
+            yield from self._walk(start, directory, name_start)
+
+    def _walk(self, directory: Path, relative: str, name_start: str) -> Iterator[StoredObject]:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.startswith(name_start):
+                continue
+            key = f"{relative}/{entry.name}" if relative else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key, "")
+            elif entry.is_file(follow_symlinks=False) and is_valid_key(key):
+                obj = self._head(key)
+                if obj is not None:
+                    yield obj
+
+    def _delete(self, key: str) -> None:
+        path = self.path(key)
+        if path.is_dir() and not path.is_symlink():
+            return
+        _meta_path(path).unlink(missing_ok=True)  # the object stops existing first
+        path.unlink(missing_ok=True)
+        if path.parent.is_dir():
+            fsync_dir(path.parent)
