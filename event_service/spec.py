@@ -98,7 +98,14 @@ class MergeSpec(_Strict):
     """How range outputs are merged and where the merged files go."""
 
     output_url: StoreURL
+    endpoint_url: Annotated[str, AfterValidator(_endpoint_url)] | None = Field(
+        default=None, description="S3 endpoint of the normal storage, for S3 servers other than AWS")
     max_events_per_file: int = Field(default=100_000, gt=0)
+    dataset: str | None = Field(default=None, pattern=LFN_PATTERN,
+                                description="catalog dataset of the merged files (default <name>.merged)")
+    command: str | None = Field(default=None, min_length=1, max_length=4096, description=(
+        "a merge program replacing the default ROOT merge; run as <command> --inputs LIST --output PATH"))
+    cleanup: bool = Field(default=False, description="delete the per-range objects once the merge is registered")
 
 
 class TaskSpec(_Strict):
@@ -111,6 +118,7 @@ class TaskSpec(_Strict):
     lease_seconds: int = Field(default=60, gt=0, le=7 * 24 * 3600)
     payload: PayloadSpec
     workers: int = Field(default=1, gt=0, le=100_000)
+    max_fatal_ranges: int = Field(default=0, ge=0, description="fatal ranges tolerated before the task fails")
     object_store: ObjectStoreSpec
     merge: MergeSpec
 
@@ -127,6 +135,11 @@ class TaskSpec(_Strict):
                 raise ValueError(f"inputs.{index}.guid: {item.guid} already names inputs.{guids[item.guid]}")
             guids[item.guid] = index
         return self
+
+    @property
+    def dataset(self) -> str:
+        """The catalog dataset the merged files belong to."""
+        return self.merge.dataset or f"{self.name}.merged"
 
     @property
     def total_events(self) -> int:

@@ -155,6 +155,27 @@ class _Conflict(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RangeOutput:
+    """A range's output and where its events sit in the task's inputs (entries first..last of file N)."""
+
+    range_id: str
+    file_number: int
+    lfn: str
+    first_event: int
+    last_event: int
+    status: RangeStatus
+    attempt: int
+    key: str
+    store: str | None
+    adler32: str
+    size: int
+
+    @property
+    def events(self) -> int:
+        return self.last_event - self.first_event + 1
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """The facts about a task that never change after it is created."""
 
@@ -594,6 +615,18 @@ class Ledger:
             select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                         ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
             .order_by(ranges.c.id)).all()])
+
+    def outputs(self, name: str) -> list[RangeOutput]:
+        """Every range holding an output (finished or merged), in event order, with where its events sit."""
+        record = self.task(name)
+        query = (select(ranges.c.range_id, ranges.c.file_number, ranges.c.lfn, ranges.c.first_event,
+                        ranges.c.last_event, ranges.c.status, ranges.c.attempt, ranges.c.output_key,
+                        ranges.c.output_store, ranges.c.adler32, ranges.c.size)
+                 .where(ranges.c.task_id == record.id, ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
+                 .order_by(ranges.c.file_number, ranges.c.first_event))
+        return self._transaction(lambda conn: [
+            RangeOutput(r.range_id, r.file_number, r.lfn, r.first_event, r.last_event, S(r.status), r.attempt,
+                        r.output_key, r.output_store, r.adler32, r.size) for r in conn.execute(query).all()])
 
     def mark_corrupted(self, name: str, range_ids: Sequence[str], reason: str, by: str | None = None) -> int:
         """Outputs that failed verification: recorded ``corrupted``, then re-dispatched (or fatal)."""

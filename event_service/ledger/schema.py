@@ -117,3 +117,22 @@ workers = Table(
     Column("first_seen", Double, nullable=False),
     Column("last_heartbeat", Double, nullable=False),
 )
+
+# The file catalog: merged files registered in normal storage, one row per file.
+catalog = Table(
+    "es_catalog",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("dataset", String(255), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("task_id", Id, ForeignKey("es_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("adler32", String(8), nullable=False),
+    Column("location", Text, nullable=False, comment="URL of the file in normal storage"),
+    Column("first_range", String(256), nullable=False),
+    Column("last_range", String(256), nullable=False),
+    Column("registered_at", Double, nullable=False),
+    UniqueConstraint("dataset", "file_name", name="uq_es_catalog_dataset_file"),
+    Index("ix_es_catalog_task", "task_id"),
+)
