@@ -33,10 +33,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from event_service.demo import run_demo
+    if args.without_airflow:
+        from event_service.demo import run_demo
 
-    return run_demo(args.workdir, files=args.files, events=args.events, events_per_range=args.events_per_range,
-                    runners=args.runners, cost_ms=args.cost_ms)
+        return run_demo(args.workdir, files=args.files, events=args.events_per_file * args.files,
+                        events_per_range=args.events_per_range, runners=args.runners, cost_ms=args.cost_ms)
+    from event_service.demo_dag import run_dag_demo
+
+    return run_dag_demo(args.workdir, files=args.files, events_per_file=args.events_per_file,
+                        per_range=args.events_per_range, slots=args.runners)
 
 
 def _make_input(args: argparse.Namespace) -> int:
@@ -66,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run one task end to end on SQLite and a local object store")
     demo.add_argument("--workdir", type=Path, default=Path(".demo"), help="emptied and filled by the demo")
     demo.add_argument("--files", type=int, default=2)
-    demo.add_argument("--events", type=int, default=2000)
+    demo.add_argument("--events-per-file", type=int, default=500)
     demo.add_argument("--events-per-range", type=int, default=10)
-    demo.add_argument("--runners", type=int, default=3, help="payload runners; the first is killed midway")
+    demo.add_argument("--runners", type=int, default=2, help="pilot slots (with Airflow) or payload runners")
     demo.add_argument("--cost-ms", type=float, default=1.0, help="payload CPU milliseconds per event")
+    demo.add_argument("--without-airflow", action="store_true",
+                      help="serve the task over HTTP and drain it with payload runners, the first one killed "
+                           "midway, instead of running its DAG")
     demo.set_defaults(run=_demo)
 
     make_input = commands.add_parser("make-input", help="write generator-like input ROOT files and their inputs list")

@@ -16,7 +16,7 @@ from pathlib import Path
 from event_service.spec import ObjectStoreSpec, TaskSpec
 from event_service.stores import ObjectStore, open_store
 from payload_runner.runner import Runner, RunnerOptions, RunSummary
-from payload_runner.source import JobFile, JobFileSource, RangeSource, ServerSource
+from payload_runner.source import JobFile, JobFileSource, LedgerSource, RangeSource, ServerSource
 
 log = logging.getLogger("payload_runner")
 TOKEN_ENV = "EVENT_SERVICE_TOKEN"
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="dispatch API URL, e.g. http://host:8000")
     where.add_argument("--job-file", type=Path, help="a job file with the ranges; no server (off-grid tests)")
+    where.add_argument("--ledger", help="ledger database URL, to work on the ledger directly (embedded mode)")
     parser.add_argument("--task", help="task name (with --server)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"task token (default: ${TOKEN_ENV})")
     parser.add_argument("--payload", help="payload command (default: the task's)")
@@ -87,6 +88,8 @@ def resolve_command(argv: list[str]) -> list[str]:
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.server and not (args.task and args.token):
         parser.error(f"--server needs --task and a token (--token or ${TOKEN_ENV})")
+    if args.ledger and not args.task:
+        parser.error("--ledger needs --task")
     for name in ("workers", "batch", "stageout_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -104,13 +107,15 @@ def run(args: argparse.Namespace) -> RunSummary:
     else:
         workdir = (args.workdir or Path(f"es-runner-{args.task}")).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        server = ServerSource(args.server, args.task, args.token, _worker_id(workdir, args.worker_id),
-                              socket.gethostname())
-        spec: TaskSpec = server.spec()
-        server.lease_seconds = spec.lease_seconds
-        if released := server.start():
+        worker, host = _worker_id(workdir, args.worker_id), socket.gethostname()
+        live: ServerSource | LedgerSource = (
+            ServerSource(args.server, args.task, args.token, worker, host) if args.server
+            else LedgerSource(args.ledger, args.task, worker, host))
+        spec: TaskSpec = live.spec()
+        live.lease_seconds = spec.lease_seconds
+        if released := live.start():
             log.info("%d ranges held by this worker id before its restart went back to the task", released)
-        task, payload, store_spec, source = spec.name, spec.payload, spec.object_store, server
+        task, payload, store_spec, source = spec.name, spec.payload, spec.object_store, live
     command = args.payload or (payload.command if payload else None)
     if not command:
         raise ValueError("no payload command: give --payload or name one in the job file")

@@ -77,6 +77,41 @@ class ServerSource:
         self._beat_client.close()
 
 
+class LedgerSource:
+    """Ranges straight from the ledger database, for runners on the ledger's own machine (embedded mode)."""
+
+    def __init__(self, url: str, task: str, worker: str, host: str | None = None) -> None:
+        from event_service.ledger import Ledger
+
+        self.task = task
+        self.worker = worker
+        self.host = host
+        self._ledger = Ledger(url, pool_size=2, max_overflow=2)
+        self.lease_seconds = self._ledger.task(task).lease_seconds
+
+    def spec(self) -> TaskSpec:
+        return self._ledger.task_spec(self.task)
+
+    def start(self) -> int:
+        return self._ledger.heartbeat(self.task, self.worker, self.host, restarted=True).released
+
+    def claim(self, n: int) -> tuple[list[ClaimedRange], TaskState]:
+        reply = self._ledger.claim(self.task, self.worker, n, self.host)
+        return reply.ranges, reply.state
+
+    def report(self, updates: Sequence[RangeUpdate]) -> list[UpdateResult]:
+        return self._ledger.update(self.task, self.worker, updates)
+
+    def heartbeat(self) -> bool:
+        return self._ledger.heartbeat(self.task, self.worker, self.host).command != "stop"
+
+    def range_info(self, range_id: str) -> RangeInfo | None:
+        return self._ledger.range_info(self.task, range_id)
+
+    def close(self) -> None:
+        self._ledger.close()
+
+
 class JobFile(BaseModel):
     """A job file: the ranges to process and where their outputs go, for running without a server."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -67,7 +67,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, object]]:
 
 
 def _ledger(request: Request) -> Ledger:
-    return request.app.state.ledger
+    opened: Ledger = request.app.state.open_ledger()
+    return opened
 
 
 def _is_admin(request: Request, token: str) -> bool:
@@ -102,15 +103,17 @@ Admin = Annotated[None, Depends(require_admin)]
 Task = Annotated[TaskRecord, Depends(task_access)]
 
 
-def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               close_ledger: bool = False) -> FastAPI:
-    """The dispatch API over ``ledger``. Without an admin token, creating and cancelling tasks is refused."""
+def create_app(ledger: Ledger | Callable[[], Ledger], admin_token: str | None, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, close_ledger: bool = False) -> FastAPI:
+    """The dispatch API over ``ledger`` (or a callable that opens it on first use, for apps mounted in
+    another server). Without an admin token, creating and cancelling tasks is refused."""
+    open_ledger: Callable[[], Ledger] = (lambda: ledger) if isinstance(ledger, Ledger) else ledger
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         if close_ledger:
-            ledger.close()
+            open_ledger().close()
 
     app = FastAPI(
         title="Event Service dispatch API",
@@ -119,7 +122,7 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
                     "token (`Authorization: Bearer <token>`); creating and cancelling tasks needs the admin token.",
         lifespan=lifespan,
     )
-    app.state.ledger = ledger
+    app.state.open_ledger = open_ledger
     app.state.admin_token = admin_token
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
@@ -147,57 +150,57 @@ def create_app(ledger: Ledger, admin_token: str | None, *, max_body_bytes: int =
     @app.get(f"{PREFIX}/health", tags=["service"])
     def health() -> dict[str, str]:
         """Liveness and ledger reachability."""
-        ledger.task_names()
+        open_ledger().task_names()
         return {"status": "ok", "version": __version__}
 
     @app.post(f"{PREFIX}/tasks", status_code=status.HTTP_201_CREATED, tags=["tasks"])
     def create_task(spec: TaskSpec, _admin: Admin) -> TaskCreated:
         """Create a task from its spec: all its event ranges, or none. Returns the task's token once."""
-        record, token = ledger.create_task(spec)
+        record, token = open_ledger().create_task(spec)
         return TaskCreated(task=record.name, token=token, ranges=record.n_ranges)
 
     @app.get(f"{PREFIX}/tasks", tags=["tasks"])
     def list_tasks(_admin: Admin) -> list[TaskStatus]:
         """Every task's status (admin token)."""
-        return [ledger.status(name) for name in ledger.task_names()]
+        return [open_ledger().status(name) for name in open_ledger().task_names()]
 
     @app.get(f"{PREFIX}/tasks/{{task}}", tags=["tasks"])
     def task_status(record: Task) -> TaskStatus:
         """Ranges per status, events done and total, live workers."""
-        return ledger.status(record.name)
+        return open_ledger().status(record.name)
 
     @app.get(f"{PREFIX}/tasks/{{task}}/spec", tags=["tasks"])
     def task_spec(record: Task) -> TaskSpec:
         """The task's spec as stored (generated GUIDs included): payload command, object store, inputs."""
-        return ledger.task_spec(record.name)
+        return open_ledger().task_spec(record.name)
 
     @app.get(f"{PREFIX}/tasks/{{task}}/ranges/{{range_id}}", tags=["workers"])
     def range_info(range_id: str, record: Task) -> RangeInfo:
         """One range's status, attempt, holder and output (a runner recovering old outputs asks first)."""
-        return ledger.range_info(record.name, range_id)
+        return open_ledger().range_info(record.name, range_id)
 
     # The two hot endpoints serialize their typed replies themselves: FastAPI would dump, re-validate
     # and dump again a reply that the ledger has just built and validated.
     @app.post(f"{PREFIX}/tasks/{{task}}/claim", tags=["workers"], response_model=ClaimReply)
     def claim(body: ClaimRequest, record: Task) -> Response:
         """Claim up to ``n`` ready event ranges under a lease; an empty list when none is ready now."""
-        return _json(ledger.claim(record.name, body.worker, body.n, body.host))
+        return _json(open_ledger().claim(record.name, body.worker, body.n, body.host))
 
     @app.post(f"{PREFIX}/tasks/{{task}}/update", tags=["workers"], response_model=UpdateReply)
     def update_ranges(body: UpdateRequest, record: Task) -> Response:
         """Report ranges running, finished (with output), failed, fatal, or given back (``ready``)."""
-        return _json(UpdateReply(results=ledger.update(record.name, body.worker, body.updates)))
+        return _json(UpdateReply(results=open_ledger().update(record.name, body.worker, body.updates)))
 
     @app.post(f"{PREFIX}/tasks/{{task}}/heartbeat", tags=["workers"])
     def heartbeat(body: HeartbeatRequest, record: Task) -> HeartbeatReply:
         """Renew the worker's leases; ``command: stop`` when the task was cancelled."""
-        return ledger.heartbeat(record.name, body.worker, body.host, body.restarted)
+        return open_ledger().heartbeat(record.name, body.worker, body.host, body.restarted)
 
     @app.post(f"{PREFIX}/tasks/{{task}}/cancel", tags=["tasks"])
     def cancel(task: str, _admin: Admin) -> TaskStatus:
         """Cancel a task (admin token): open ranges become cancelled, workers are told to stop."""
-        ledger.cancel(task, by="admin")
-        return ledger.status(task)
+        open_ledger().cancel(task, by="admin")
+        return open_ledger().status(task)
 
     return app
 

@@ -608,6 +608,13 @@ class Ledger:
 
     # -- after the workers: verification and merge ----------------------------------------------------
 
+    def ranges_with_status(self, name: str, status: RangeStatus, limit: int | None = None) -> list[RangeRow]:
+        """Ranges in one status, in range order (for reports: which are fatal, and why)."""
+        record = self.task(name)
+        query = (select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.status == status.value)
+                 .order_by(ranges.c.id).limit(limit))
+        return self._transaction(lambda conn: [_row(r) for r in conn.execute(query).all()])
+
     def finished_ranges(self, name: str) -> list[RangeRow]:
         """Every range that holds a verified-size output, in range order."""
         record = self.task(name)

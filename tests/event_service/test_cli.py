@@ -74,9 +74,9 @@ def test_serve_without_a_database_says_so() -> None:
     assert bad.returncode == 1 and "postgresql://" in bad.stderr
 
 
-def test_demo_runs_a_task_end_to_end(tmp_path: Path) -> None:
-    done = subprocess.run([str(EXE), "demo", "--workdir", str(tmp_path / "demo"), "--events", "600"],
-                          capture_output=True, text=True, timeout=300)
+def test_demo_without_airflow_survives_an_evicted_runner(tmp_path: Path) -> None:
+    done = subprocess.run([str(EXE), "demo", "--without-airflow", "--workdir", str(tmp_path / "demo"),
+                           "--events-per-file", "300", "--runners", "3"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "events:  600 of 600 done" in done.stdout
     assert "runner-1 killed with SIGKILL" in done.stdout

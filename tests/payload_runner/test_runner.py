@@ -236,3 +236,14 @@ def test_a_bad_job_file_names_the_field(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": os.defpath})
     assert done.returncode == 2 and "ranges.0.lfn: Field required" in done.stderr
     assert sys.executable  # the runner was found by its absolute path
+
+
+def test_a_runner_works_on_the_ledger_directly(dispatch: Dispatch, evnt: list[InputFile], tmp_path: Path) -> None:
+    dispatch.create(evnt)
+    url = str(dispatch.ledger.engine.url.render_as_string(hide_password=False))
+    done = subprocess.run([str(RUNNER), "--ledger", url, "--task", "rt", "--workdir", str(tmp_path / "w"),
+                           "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert summary(done.stdout)["finished"] == 12
+    assert counts(dispatch.ledger) == {"finished": 12}
+    assert event_numbers_of_outputs(dispatch.ledger, tmp_path / "objects") == Counter(range(1, 121))

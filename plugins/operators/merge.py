@@ -1,0 +1,74 @@
+"""merge: build one merged file from verified range outputs (mapped over the parts of the merge plan)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from event_service.merge import CorruptedOutputsError, merge_part, plan_merge
+from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
+
+STAGING = "_merged"
+
+
+def staging_key(task_name: str, file_name: str) -> str:
+    """Where a merged file waits in the task's object store until register_output takes it."""
+    return f"{task_name}/{STAGING}/{file_name}"
+
+
+class MergeOperator(BaseOperator):
+    """Merges part ``part`` of the task's merge plan and stages the file in the task's object store.
+
+    Every input is checked against the ledger's adler32 and size first; bad ones are marked ``corrupted``
+    (they go back to ready) and the merge fails naming them, for the next run to redo. The merged file is
+    read back and checked to hold exactly its ranges' events, each once. Re-running gives the same file.
+    """
+
+    template_fields = ("part",)
+
+    def __init__(self, *, task_name: str, part: int | str, ledger_conn_id: str = LedgerHook.default_conn_name,
+                 store_conn_id: str = ObjectStoreHook.default_conn_name, workdir_root: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.task_name = task_name
+        self.part = part
+        self.ledger_conn_id = ledger_conn_id
+        self.store_conn_id = store_conn_id
+        self.workdir_root = workdir_root
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        index = int(self.part)
+        with LedgerHook(self.ledger_conn_id).get_conn() as ledger:
+            spec = ledger.task_spec(self.task_name)
+            plan = plan_merge(ledger.outputs(self.task_name), self.task_name, spec.merge.max_events_per_file)
+            parts = {p.index: p for p in plan}
+            if index not in parts:
+                raise AirflowFailException(f"task {self.task_name!r}: the merge plan has parts {sorted(parts)}, "
+                                           f"not {index}; the ledger changed since the plan was made")
+            part = parts[index]
+            stores = ObjectStoreHook(self.store_conn_id).get_stores(spec.object_store, spec.object_store.failover)
+            root = self.workdir_root or os.environ.get("EVENT_SERVICE_WORKDIR")
+            try:
+                with tempfile.TemporaryDirectory(prefix=f"merge-{self.task_name}-", dir=root) as tmp:
+                    try:
+                        merged = merge_part(part, stores, Path(tmp), spec.merge.command)
+                    except CorruptedOutputsError as exc:
+                        for reason, range_ids in exc.by_reason().items():
+                            ledger.mark_corrupted(self.task_name, range_ids, reason, by="merge")
+                        raise AirflowException(f"{exc}; these ranges were sent back to ready: run the DAG again "
+                                               "to redo them") from None
+                    key = staging_key(self.task_name, merged.file_name)
+                    stored = stores[None].put(key, merged.path)
+            finally:
+                for store in stores.values():
+                    store.close()
+        self.log.info("merged %s: %d events from %d ranges, adler32 %s, %d bytes; staged as %s",
+                      merged.file_name, merged.events, len(merged.range_ids), stored.adler32, stored.size, key)
+        return {"part": index, "file_name": merged.file_name, "key": key, "events": merged.events,
+                "adler32": stored.adler32, "size": stored.size, "range_ids": list(merged.range_ids),
+                "first_event_number": merged.first_event_number, "last_event_number": merged.last_event_number}

@@ -1,0 +1,69 @@
+"""register_task: put the task and its event ranges in the ledger, or resume the task already there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from event_service.errors import SpecError, TaskNotFoundError
+from event_service.models import TaskState
+from event_service.spec import TaskSpec
+from event_service_airflow.hooks import LedgerHook
+
+
+class RegisterTaskOperator(BaseOperator):
+    """Creates the task in the ledger (all ranges or none) or resumes it; returns the pilot slots to map over.
+
+    ``workers`` and ``events_per_range`` may be templated from the DAG's params; ``events_per_range``
+    applies when the task is created (a resumed task keeps the cut it was created with).
+    """
+
+    template_fields = ("workers", "events_per_range")
+
+    def __init__(self, *, spec: dict[str, Any], workers: int | str, events_per_range: int | str | None = None,
+                 ledger_conn_id: str = LedgerHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.workers = workers
+        self.events_per_range = events_per_range
+        self.ledger_conn_id = ledger_conn_id
+
+    def _spec(self) -> TaskSpec:
+        data = dict(self.spec)
+        if self.events_per_range not in (None, ""):
+            data["events_per_range"] = int(self.events_per_range)  # type: ignore[arg-type]
+        try:
+            return TaskSpec.parse(data, f"task {data.get('name')!r} with this run's params")
+        except SpecError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    def execute(self, context: Context) -> list[int]:
+        spec = self._spec()
+        slots = int(self.workers)
+        if slots < 1:
+            raise AirflowFailException(f"workers must be at least 1, got {slots}")
+        with LedgerHook(self.ledger_conn_id).get_conn() as ledger:
+            try:
+                record = ledger.task(spec.name)
+            except TaskNotFoundError:
+                record, _ = ledger.create_task(spec)
+                self.log.info("created task %s: %d events in %d ranges of %d", spec.name, record.n_events,
+                              record.n_ranges, spec.events_per_range)
+            else:
+                stored = ledger.task_spec(spec.name)
+                if stored.inputs != spec.inputs:
+                    raise AirflowFailException(
+                        f"the ledger already holds a task {spec.name!r} with other inputs; give this spec "
+                        "another name, or cancel the old task")
+                if stored.events_per_range != spec.events_per_range:
+                    self.log.warning("task %s was created with %d events per range; resuming it as it is",
+                                     spec.name, stored.events_per_range)
+            status = ledger.status(spec.name)
+        if status.state == TaskState.CANCELLED:
+            raise AirflowFailException(f"task {spec.name!r} was cancelled; nothing to run")
+        self.log.info("task %s: %s; %d of %d events done; %d pilot slots", spec.name,
+                      ", ".join(f"{n} {s}" for s, n in status.counts.items() if n), status.events_done,
+                      status.events_total, slots)
+        return list(range(slots))

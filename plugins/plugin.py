@@ -1,0 +1,49 @@
+"""The Airflow plugin: the dispatch API mounted on Airflow's API server under /event-service."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from airflow.configuration import conf
+from airflow.plugins_manager import AirflowPlugin
+
+from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV, create_app
+from event_service.ledger import Ledger
+
+URL_PREFIX = "/event-service"
+
+
+class _LedgerOnFirstUse:
+    """Opens the ledger when the first request needs it, not when the API server imports plugins."""
+
+    def __init__(self) -> None:
+        self._ledger: Ledger | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Ledger:
+        with self._lock:
+            if self._ledger is None:
+                url = os.environ.get(DB_ENV)
+                if not url:
+                    from event_service_airflow.hooks import LedgerHook
+
+                    url = LedgerHook(str(conf.get("event_service", "ledger_conn_id",
+                                                  fallback=LedgerHook.default_conn_name))).url
+                self._ledger = Ledger(url)
+            return self._ledger
+
+
+def dispatch_app() -> Any:
+    """The dispatch API for Airflow's API server. Airflow does not protect plugin apps: the API keeps its own
+    auth (task tokens, and the admin token from $EVENT_SERVICE_ADMIN_TOKEN or [event_service] admin_token)."""
+    admin = os.environ.get(ADMIN_TOKEN_ENV) or conf.get("event_service", "admin_token", fallback=None) or None
+    return create_app(_LedgerOnFirstUse(), admin)
+
+
+class EventServicePlugin(AirflowPlugin):
+    """Registers the event service with Airflow."""
+
+    name = "event_service"
+    fastapi_apps = [{"app": dispatch_app(), "url_prefix": URL_PREFIX, "name": "Event Service dispatch API"}]

@@ -1,0 +1,3 @@
+"""Tests of the Airflow layer (event_service_airflow)."""
+
+from __future__ import annotations
