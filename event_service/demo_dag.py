@@ -32,7 +32,7 @@ def airflow_environment(workdir: Path, tasks: Path, dags: Path) -> dict[str, str
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__EVENT_SERVICE__TASKS_FOLDER": str(tasks),
         "AIRFLOW__EVENT_SERVICE__POLL_INTERVAL": "1",
         "AIRFLOW__EVENT_SERVICE__DISPATCH_CONN_ID": "",

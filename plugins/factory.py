@@ -106,7 +106,6 @@ def build_dag(spec: TaskSpec, settings: FactorySettings, source: str) -> DAG:
             "events_per_range": Param(spec.events_per_range, type="integer", minimum=1,
                                       description="events per range, when the task is created by this run"),
         },
-        render_template_as_native_obj=True,
     ) as dag:
         conns = {"ledger_conn_id": settings.ledger_conn_id}
         stores = {**conns, "store_conn_id": settings.store_conn_id}

@@ -42,7 +42,16 @@ from event_service.errors import (
 )
 from event_service.ledger.engine import create_ledger_engine, is_retryable
 from event_service.ledger.rules import Decision, RangeRow, Step, WorkerHistory, decide, fail_or_requeue
-from event_service.ledger.schema import SCHEMA_VERSION, ledger_meta, metadata, ranges, tasks, transitions, workers
+from event_service.ledger.schema import (
+    SCHEMA_VERSION,
+    catalog,
+    ledger_meta,
+    metadata,
+    ranges,
+    tasks,
+    transitions,
+    workers,
+)
 from event_service.models import (
     IN_FLIGHT,
     OPEN,
@@ -677,6 +686,21 @@ class Ledger:
             output = OutputRef(key=row.output_key, adler32=row.adler32, size=row.size, store=row.output_store)
         return RangeInfo(range_id=row.range_id, status=row.status, attempt=row.attempt, worker=row.worker,
                          output=output)
+
+    def delete_task(self, name: str) -> None:
+        """Remove a task and everything the ledger holds about it (pre-production tests clean up this way)."""
+        record = self.task(name)
+
+        def work(conn: Connection) -> None:
+            for table in (transitions, workers, catalog, ranges):
+                conn.execute(table.delete().where(table.c.task_id == record.id))
+            conn.execute(tasks.delete().where(tasks.c.id == record.id))
+
+        self._transaction(work)
+        with self._lock:
+            self._records.pop(name, None)
+            self._hints.pop(record.id, None)
+        log.info("deleted task %s from the ledger", name)
 
     def transitions(self, name: str, range_id: str | None = None) -> list[dict[str, Any]]:
         """The recorded transitions of a task (or one range), oldest first."""

@@ -10,7 +10,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from event_service.merge import CorruptedOutputsError, merge_part, plan_merge
+from event_service.merge import CorruptedOutputsError, merge_part, plan_merge, report_corrupted
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 STAGING = "_merged"
@@ -29,7 +29,7 @@ class MergeOperator(BaseOperator):
     read back and checked to hold exactly its ranges' events, each once. Re-running gives the same file.
     """
 
-    template_fields = ("part",)
+    template_fields = ("task_name", "part")
 
     def __init__(self, *, task_name: str, part: int | str, ledger_conn_id: str = LedgerHook.default_conn_name,
                  store_conn_id: str = ObjectStoreHook.default_conn_name, workdir_root: str | None = None,
@@ -58,10 +58,9 @@ class MergeOperator(BaseOperator):
                     try:
                         merged = merge_part(part, stores, Path(tmp), spec.merge.command)
                     except CorruptedOutputsError as exc:
-                        for reason, range_ids in exc.by_reason().items():
-                            ledger.mark_corrupted(self.task_name, range_ids, reason, by="merge")
-                        raise AirflowException(f"{exc}; these ranges were sent back to ready: run the DAG again "
-                                               "to redo them") from None
+                        report_corrupted(ledger, exc)
+                        raise AirflowException(f"{exc}\nThese ranges were sent back to ready: run the DAG again "
+                                               "to redo them.") from None
                     key = staging_key(self.task_name, merged.file_name)
                     stored = stores[None].put(key, merged.path)
             finally:
@@ -69,6 +68,4 @@ class MergeOperator(BaseOperator):
                     store.close()
         self.log.info("merged %s: %d events from %d ranges, adler32 %s, %d bytes; staged as %s",
                       merged.file_name, merged.events, len(merged.range_ids), stored.adler32, stored.size, key)
-        return {"part": index, "file_name": merged.file_name, "key": key, "events": merged.events,
-                "adler32": stored.adler32, "size": stored.size, "range_ids": list(merged.range_ids),
-                "first_event_number": merged.first_event_number, "last_event_number": merged.last_event_number}
+        return {**merged.to_dict(), "key": key}

@@ -20,6 +20,8 @@ class RegisterOutputOperator(BaseOperator):
     """Writes each merged file to normal storage (no overwrite of a different file, checksum read back),
     records it in the catalog, marks its ranges ``merged``, and emits one Asset event for the dataset."""
 
+    template_fields = ("task_name",)
+
     def __init__(self, *, task_name: str, dataset_asset: Asset, merge_task_id: str = "merge",
                  ledger_conn_id: str = LedgerHook.default_conn_name,
                  store_conn_id: str = ObjectStoreHook.default_conn_name, **kwargs: Any) -> None:
@@ -33,7 +35,7 @@ class RegisterOutputOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         parts = context["ti"].xcom_pull(task_ids=self.merge_task_id, key="return_value")
-        merged_parts = sorted((p for p in (parts or []) if p), key=lambda p: p["part"])
+        merged_parts = sorted((p for p in (parts or []) if p), key=lambda p: p["index"])
         hook = ObjectStoreHook(self.store_conn_id)
         entries = []
         with LedgerHook(self.ledger_conn_id).get_conn() as ledger:
@@ -46,11 +48,7 @@ class RegisterOutputOperator(BaseOperator):
                     for part in merged_parts:
                         local = Path(tmp) / part["file_name"]
                         staging.get(part["key"], local)
-                        merged = MergedFile(part=part["part"], file_name=part["file_name"], path=local,
-                                            events=part["events"], adler32=part["adler32"], size=part["size"],
-                                            range_ids=tuple(part["range_ids"]),
-                                            first_event_number=part["first_event_number"],
-                                            last_event_number=part["last_event_number"])
+                        merged = MergedFile.from_dict({**part, "path": str(local)})
                         entry = register_output(ledger, self.task_name, merged, storage, spec.dataset)
                         entries.append(entry)
                         local.unlink()
@@ -72,6 +70,8 @@ class RegisterOutputOperator(BaseOperator):
 
 class CleanupOperator(BaseOperator):
     """Deletes the per-range objects of merged ranges and the staged merged files."""
+
+    template_fields = ("task_name",)
 
     def __init__(self, *, task_name: str, ledger_conn_id: str = LedgerHook.default_conn_name,
                  store_conn_id: str = ObjectStoreHook.default_conn_name, **kwargs: Any) -> None:

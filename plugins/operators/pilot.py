@@ -30,7 +30,7 @@ class RunPilotOperator(BaseOperator):
     stops the task, the runner gets SIGTERM and drains: it gives back what it has not started.
     """
 
-    template_fields = ("slot",)
+    template_fields = ("task_name", "slot")
 
     def __init__(self, *, task_name: str, slot: int | str, ledger_conn_id: str = LedgerHook.default_conn_name,
                  dispatch_conn_id: str | None = "event_service_api", payload_workers: int = 1,

@@ -20,7 +20,7 @@ class RegisterTaskOperator(BaseOperator):
     applies when the task is created (a resumed task keeps the cut it was created with).
     """
 
-    template_fields = ("workers", "events_per_range")
+    template_fields = ("spec", "workers", "events_per_range")
 
     def __init__(self, *, spec: dict[str, Any], workers: int | str, events_per_range: int | str | None = None,
                  ledger_conn_id: str = LedgerHook.default_conn_name, **kwargs: Any) -> None:

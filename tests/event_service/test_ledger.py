@@ -253,3 +253,16 @@ def test_a_restarted_worker_gives_back_what_it_held(demo: Ledger) -> None:
     assert (moved["to_status"], moved["error_code"]) == ("ready", "worker_restarted")
     # The restarted worker may still report what it had finished before (a late report).
     assert demo.update("demo", "w1", [finished("demo.1.10-19")])[0].result == "accepted"
+
+
+def test_deleting_a_task_removes_everything_of_it(demo: Ledger) -> None:
+    demo.create_task(make_spec(name="other", events=(5,)))
+    demo.claim("demo", "w1", 2)
+    demo.update("demo", "w1", [finished("demo.1.0-9")])
+    demo.delete_task("demo")
+    with pytest.raises(TaskNotFoundError):
+        demo.status("demo")
+    assert demo.task_names() == ["other"]
+    with demo.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM es_transitions")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM es_ranges")).scalar_one() == 1
