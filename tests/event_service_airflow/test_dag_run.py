@@ -26,3 +26,22 @@ def test_the_demo_dag_runs_merges_registers_and_validates(tmp_path: Path) -> Non
         entries = catalog_entries(ledger, task="demo")
     assert [e.file_name for e in entries] == ["demo.merged._000001.root", "demo.merged._000002.root"]
     assert all((tmp_path / "demo" / "results" / e.file_name).stat().st_size == e.size for e in entries)
+
+
+def test_the_preproduction_dag_passes_records_and_cleans_up(tmp_path: Path) -> None:
+    from event_service.demo_dag import REPO, airflow_environment
+
+    (tmp_path / "tasks").mkdir()
+    env = airflow_environment(tmp_path, tmp_path / "tasks", REPO / "dags")
+    env["AIRFLOW__EVENT_SERVICE__PREPRODUCTION_FOLDER"] = str(tmp_path / "pre")
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    for command in (["db", "migrate"], ["dags", "test", "es_preproduction"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got = subprocess.run([airflow, "variables", "get", "event_service_preproduction_result"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    result = json.loads(got.stdout.strip().splitlines()[-1])
+    assert result["passed"] is True and result["failing_step"] is None
+    assert not [p for p in (tmp_path / "pre").rglob("*") if p.is_file()]  # objects, merged files, inputs: gone
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
+        assert ledger.task_names() == []
