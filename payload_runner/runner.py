@@ -216,8 +216,17 @@ class Runner:
             log.info("no range for %.0f s (others hold them); leaving", self.options.idle_timeout_s)
             self.summary.reason = "idle"
             self.stop.set()
+        elif self._holding():
+            # The ranges "held by others" may be our own, still in a payload or the stage-out: ask again
+            # soon, without growing the back-off, once their reports are out.
+            self.claim_backoff = 0.2
+            self.next_claim = now + self.claim_backoff
         else:
             self._back_off(now)
+
+    def _holding(self) -> bool:
+        return bool(self.updates or self.stageout.pending
+                    or any(p.in_flight for p in self.pool.processes.values()))
 
     def _back_off(self, now: float) -> None:
         self.next_claim = now + self.claim_backoff
@@ -392,7 +401,8 @@ class Runner:
 
     def _flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.updates or (not force and len(self.updates) < self.batch
+        # Reports wait to be batched, except when nothing is queued to batch them with (the task's tail).
+        if not self.updates or (not force and self.queue and len(self.updates) < self.batch
                                 and now - self.last_flush < self.options.report_interval_s):
             return
         batch, self.updates = self.updates[:1000], self.updates[1000:]

@@ -9,7 +9,9 @@ knows no adler32, so a ``get`` is where the data is checked against it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import threading
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from event_service.checksums import normalize_adler32
+from event_service.checksums import adler32_bytes, normalize_adler32
 from event_service.stores.base import CHUNK_BYTES, Checksum, Download, ObjectStore, PresignedUpload, StoredObject
 from event_service.stores.errors import (
     ChecksumMismatchError,
@@ -175,14 +177,10 @@ class S3Store(ObjectStore):
     def _put(self, key: str, source: Path | bytes, expected: Checksum) -> StoredObject:
         full_key = self._full_key(key)
         metadata = {META_ADLER32: expected.adler32, META_SIZE: str(expected.size)}
+        if expected.size < self.multipart_threshold:
+            return self._put_single(key, full_key, source, expected, metadata)
         with self._translate(key, "upload"):
-            if expected.size < self.multipart_threshold:
-                if isinstance(source, bytes):
-                    self.client.put_object(Bucket=self.bucket, Key=full_key, Body=source, Metadata=metadata)
-                else:
-                    with open(source, "rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body, Metadata=metadata)
-            elif isinstance(source, bytes):
+            if isinstance(source, bytes):
                 self.client.upload_fileobj(io.BytesIO(source), self.bucket, full_key,
                                            ExtraArgs={"Metadata": metadata}, Config=self._transfer_config())
             else:
@@ -195,6 +193,32 @@ class S3Store(ObjectStore):
             except ObjectStoreError as cleanup:
                 mismatch.add_note(f"deleting the unverified object failed too: {cleanup}")
             raise mismatch
+        return StoredObject(key, expected.size, expected.adler32, self.object_url(key))
+
+    def _put_single(self, key: str, full_key: str, source: Path | bytes, expected: Checksum,
+                    metadata: dict[str, str]) -> StoredObject:
+        """One PUT verified in the same request: the server checks the body against Content-MD5 (BadDigest
+        otherwise), SigV4 covers the metadata headers, and the returned ETag must be that MD5. Only when the
+        ETag is not a plain MD5 (SSE-KMS, SSE-C) does a HEAD check the object instead."""
+        body = source if isinstance(source, bytes) else source.read_bytes()
+        found = Checksum(adler32_bytes(body), len(body))
+        if found != expected:  # the file changed between its checksum and its upload
+            what, wanted, got = (("size", expected.size, found.size) if found.size != expected.size
+                                 else ("adler32", expected.adler32, found.adler32))
+            raise ChecksumMismatchError(self.url, key, what, wanted, got, "in the source, before upload")
+        digest = hashlib.md5(body, usedforsecurity=False)
+        with self._translate(key, "upload"):
+            response = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body, Metadata=metadata,
+                                              ContentMD5=base64.b64encode(digest.digest()).decode())
+        etag = str(response.get("ETag", "")).strip('"')
+        if etag != digest.hexdigest():
+            mismatch = self._check_upload(key, expected)
+            if mismatch is not None:
+                try:
+                    self._delete(key)
+                except ObjectStoreError as cleanup:
+                    mismatch.add_note(f"deleting the unverified object failed too: {cleanup}")
+                raise mismatch
         return StoredObject(key, expected.size, expected.adler32, self.object_url(key))
 
     def _check_upload(self, key: str, expected: Checksum) -> ChecksumMismatchError | None:

@@ -124,21 +124,17 @@ def test_a_size_change_during_upload_is_caught_and_leaves_nothing(backend: Backe
     with pytest.raises(ChecksumMismatchError) as raised:
         backend.store.put(KEY, source)
     assert raised.value.what == "size" and raised.value.expected == len(b"output as checksummed")
-    assert "after upload" in str(raised.value)
+    # S3 reads a small source once for its Content-MD5 and sees the change before sending anything.
+    assert ("before upload" if backend.name == "s3" else "after upload") in str(raised.value)
     assert backend.store.head(KEY) is None
     assert backend.raw_names() == set()
 
 
-def test_a_content_change_during_upload_is_caught_by_the_store_or_by_get(
+def test_a_content_change_during_upload_is_caught(
         backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "changing.root"
     source.write_bytes(b"output as checksummed")
     _change_source_after_checksum(backend.store, monkeypatch, b"output as CHECKSUMMED")
-    if backend.name == "s3":  # S3 computes no adler32: the upload is accepted, the download is refused
-        backend.store.put(KEY, source)
-        with pytest.raises(ChecksumMismatchError, match="after download"):
-            backend.store.get(KEY, tmp_path / "out")
-        return
     with pytest.raises(ChecksumMismatchError) as raised:
         backend.store.put(KEY, source)
     assert raised.value.what == "adler32"
