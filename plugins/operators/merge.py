@@ -45,7 +45,9 @@ class MergeOperator(BaseOperator):
         index = int(self.part)
         with LedgerHook(self.ledger_conn_id).get_conn() as ledger:
             spec = ledger.task_spec(self.task_name)
-            plan = plan_merge(ledger.outputs(self.task_name), self.task_name, spec.merge.max_events_per_file)
+            # Part boundaries come from the spec's ranges, so they do not move when a range is redone.
+            plan = plan_merge(ledger.outputs(self.task_name), self.task_name, spec.merge.max_events_per_file,
+                              ranges=spec.event_ranges())
             parts = {p.index: p for p in plan}
             if index not in parts:
                 raise AirflowFailException(f"task {self.task_name!r}: the merge plan has parts {sorted(parts)}, "

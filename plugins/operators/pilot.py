@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from event_service_airflow.hooks import LedgerHook
@@ -51,7 +51,7 @@ class RunPilotOperator(BaseOperator):
         """The runner's arguments that say where ranges come from, and the secrets it gets by environment."""
         if self.dispatch_conn_id:
             try:
-                conn = self.get_connection(self.dispatch_conn_id)
+                conn = BaseHook.get_connection(self.dispatch_conn_id)
             except AirflowNotFoundException:
                 conn = None
             if conn is not None:

@@ -34,8 +34,9 @@ def merge_parts(task_name: str, ledger_conn_id: str) -> list[int]:
 
     with LedgerHook(ledger_conn_id).get_conn() as ledger:
         spec = ledger.task_spec(task_name)
-        plan = plan_merge(ledger.outputs(task_name), task_name, spec.merge.max_events_per_file)
-    return [part.index for part in plan]
+        plan = plan_merge(ledger.outputs(task_name), task_name, spec.merge.max_events_per_file,
+                          ranges=spec.event_ranges())
+    return [part.index for part in plan if part.outputs]
 
 
 class TaskCompleteTrigger(BaseTrigger):

@@ -1,0 +1,128 @@
+"""Stage-in for the merge: each range output fetched (a local store's read in place) and verified against the ledger.
+
+A range output is good when its object exists, its bytes match the adler32 and size the store recorded, and
+those match what the ledger recorded. Anything else is a reason to mark the range corrupted; a store that
+cannot be reached is not (its error propagates, nothing is marked). Objects of a local store are verified
+where they are and read in place, unless the caller needs private copies: the store's ``get`` makes every
+download durable (an fsync per file), which costs more than the whole merge of a small file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from event_service.checksums import adler32_file
+from event_service.ledger import RangeOutput
+from event_service.stores import (
+    ChecksumMismatchError,
+    InvalidKeyError,
+    LocalStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    ObjectStoreError,
+    StoreUnavailableError,
+)
+
+STAGE_THREADS = 8
+Signature = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A verified range output on local disk: a copy in the scratch directory, or a local store's own file
+    (``in_store``), which must not change while it is read: ``signature`` is its inode, size and mtime."""
+
+    path: Path
+    in_store: bool
+    signature: Signature
+
+    def unchanged(self) -> bool:
+        """Whether the file is still the one that was verified."""
+        try:
+            return signature_of(self.path) == self.signature
+        except FileNotFoundError:
+            return False
+
+
+def signature_of(path: Path) -> Signature:
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _against_ledger(output: RangeOutput, store: ObjectStore, adler32: str, size: int) -> str | None:
+    if adler32 != output.adler32:
+        return (f"{store.url}: {output.key!r} has adler32 {adler32}, the ledger recorded {output.adler32} "
+                "(the object was replaced)")
+    if size != output.size:
+        return (f"{store.url}: {output.key!r} has {size} bytes, the ledger recorded {output.size} "
+                "(the object was replaced)")
+    return None
+
+
+def _fetch(output: RangeOutput, store: ObjectStore, dest: Path) -> Staged | str:
+    """Download through the store's verified ``get``."""
+    try:
+        stored = store.get(output.key, dest)
+    except ObjectNotFoundError as exc:
+        return f"output missing: {exc}"
+    except ChecksumMismatchError as exc:
+        return f"output damaged in the store: {exc}"
+    return _against_ledger(output, store, stored.adler32, stored.size) or Staged(dest, False, signature_of(dest))
+
+
+def _verify_local(output: RangeOutput, store: LocalStore, dest: Path | None) -> Staged | str:
+    """Verify a local store's object in place (or a plain copy of it at ``dest``)."""
+    try:
+        stored = store.head(output.key)
+    except StoreUnavailableError:
+        raise
+    except ObjectStoreError as exc:
+        return f"output damaged in the store: {exc}"
+    if stored is None:
+        return f"output missing: {store.url}: {output.key!r}: no complete object at {store.path(output.key)}"
+    target = store.path(output.key)
+    try:
+        if dest is not None:
+            shutil.copyfile(target, dest)
+            target = dest
+        signature = signature_of(target)
+        adler32, size = adler32_file(target)
+    except FileNotFoundError:
+        return f"output missing: {store.url}: {output.key!r}: {target} vanished while it was verified"
+    if (adler32, size) != (stored.adler32, stored.size):
+        return (f"output damaged in the store: {store.url}: {output.key!r}: its bytes have adler32 {adler32} "
+                f"and {size} bytes, the store recorded {stored.adler32} and {stored.size} bytes")
+    if signature_of(target) != signature:
+        return f"output changed in the store while it was verified: {store.url}: {output.key!r}"
+    return _against_ledger(output, store, adler32, size) or Staged(target, dest is None, signature)
+
+
+def _stage_one(output: RangeOutput, store: ObjectStore, dest: Path, copy_local: bool) -> Staged | str:
+    if not output.key or not output.adler32 or output.size is None:
+        return "the ledger records no output object, adler32 or size for it"
+    try:
+        if isinstance(store, LocalStore):
+            return _verify_local(output, store, dest if copy_local else None)
+        return _fetch(output, store, dest)
+    except InvalidKeyError as exc:
+        return f"output key unusable: {exc}"
+
+
+def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore], scratch: Path, *,
+                  copy_local: bool, threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
+    """Stage and verify every output (``threads`` at a time) into ``scratch``; local stores' objects are used
+    in place unless ``copy_local``. Returns what was staged per output (None where it failed) and the reason
+    each failed output is corrupted, by range id."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    dests = [scratch / f"{position:06d}.{output.range_id}.root" for position, output in enumerate(outputs)]
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="stage-in") as pool:
+        results = list(pool.map(_stage_one, outputs, stores, dests, [copy_local] * len(outputs)))
+    staged = [result if isinstance(result, Staged) else None for result in results]
+    reasons = {output.range_id: result for output, result in zip(outputs, results, strict=True)
+               if isinstance(result, str)}
+    return staged, reasons
