@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -10,22 +9,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    BigInteger,
-    Integer,
-    String,
     Connection,
     Engine,
     and_,
-    bindparam,
-    column,
     func,
     insert,
-    literal,
-    literal_column,
     select,
     update,
 )
@@ -69,6 +61,17 @@ from event_service.models import (
 )
 from event_service.spec import TaskSpec
 
+from event_service.ledger.records import RangeOutput, TaskRecord, hash_token
+from event_service.ledger.statements import (
+    BULK_WRITE,
+    CLAIM,
+    MUTABLE,
+    PG_BULK_WRITE,
+    PG_CLAIM,
+    READ_RANGES,
+    ROW_COLUMNS,
+)
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = RangeStatus
@@ -78,133 +81,12 @@ EXPIRY_INTERVAL_S = 1.0  # how often one process looks for lapsed leases of a ta
 FULL_SCAN_INTERVAL_S = 0.5  # how often a claim also looks behind its remembered dispatch position
 WORKER_SEEN_INTERVAL_S = 5.0  # how often a claim refreshes its worker's last-seen time
 CREATE_CHUNK = 5000
-_READY = literal_column("'ready'")  # a literal, so that the planner can use the partial index of ready ranges
-_ROW_COLUMNS = (
-    ranges.c.id, ranges.c.range_id, ranges.c.status, ranges.c.attempt, ranges.c.queue_seq, ranges.c.worker,
-    ranges.c.lease_expires, ranges.c.output_key, ranges.c.output_store, ranges.c.adler32, ranges.c.size,
-    ranges.c.cpu_s, ranges.c.wall_s, ranges.c.error_code, ranges.c.error,
-)
-_MUTABLE = ("status", "attempt", "queue_seq", "worker", "lease_expires", "output_key", "output_store", "adler32",
-            "size", "cpu_s", "wall_s", "error_code", "error")
-
-
-def _pg_record_set(param: str, name: str, columns: Sequence[tuple[str, Any]]) -> Any:
-    """``json_to_recordset(:param) AS name(col type, …)``: many rows in one bound parameter."""
-    return func.json_to_recordset(bindparam(param)).table_valued(
-        *(column(col, type_) for col, type_ in columns)).render_derived(name=name, with_types=True)
-
-
-_TRANSITION_COLUMNS = ("task_id", "range_pk", "from_status", "to_status", "worker", "at", "attempt", "cpu_s",
-                       "wall_s", "error_code", "error")
-# A row is rewritten only if it is still as it was read (compare and swap); anything else is a conflict.
-_EXPECTED = (("pk", BigInteger()), ("old_status", String()), ("old_worker", String()), ("old_attempt", Integer()))
-
-
-def _pg_bulk_write() -> Any:
-    """New row states and their transitions in one PostgreSQL statement; returns the rows written."""
-    new = _pg_record_set("b_rows", "new", [*_EXPECTED, *((n, ranges.c[n].type) for n in _MUTABLE)])
-    written = (update(ranges)
-               .where(ranges.c.id == new.c.pk, ranges.c.status == new.c.old_status,
-                      ranges.c.attempt == new.c.old_attempt, ranges.c.worker.is_not_distinct_from(new.c.old_worker))
-               .values({**{n: new.c[n] for n in _MUTABLE}, "updated_at": bindparam("b_now")})
-               .returning(ranges.c.id).cte("written"))
-    moves = _pg_record_set("b_journal", "moves", [(n, transitions.c[n].type) for n in _TRANSITION_COLUMNS])
-    journal = insert(transitions).from_select(_TRANSITION_COLUMNS, select(*moves.c)).cte("journal")
-    return select(func.count()).select_from(written).add_cte(journal)
-
-
-def _bulk_write() -> Any:
-    return (update(ranges)
-            .where(ranges.c.id == bindparam("pk"), ranges.c.status == bindparam("old_status"),
-                   ranges.c.attempt == bindparam("old_attempt"),
-                   ranges.c.worker.is_not_distinct_from(bindparam("old_worker")))
-            .values({**{n: bindparam(n) for n in _MUTABLE}, "updated_at": bindparam("b_now")}))
-
-
-_PG_BULK_WRITE = _pg_bulk_write()
-_BULK_WRITE = _bulk_write()
-_CLAIMED = (ranges.c.id, ranges.c.range_id, ranges.c.lfn, ranges.c.guid, ranges.c.url, ranges.c.first_event,
-            ranges.c.last_event, ranges.c.attempt, ranges.c.queue_seq)
-
-
-def _claim_statement() -> Any:
-    """Hand out the next ready ranges in dispatch order after a position, skipping rows others hold."""
-    pick = ranges.alias("pick")
-    picked = (select(pick.c.id)
-              .where(pick.c.task_id == bindparam("b_task"), pick.c.status == _READY,
-                     pick.c.queue_seq > bindparam("b_after"))
-              .order_by(pick.c.queue_seq).limit(bindparam("b_n")).with_for_update(skip_locked=True))
-    return (update(ranges).where(ranges.c.id.in_(picked))
-            .values(status=S.SENT.value, worker=bindparam("b_worker"), lease_expires=bindparam("b_lease"),
-                    attempt=ranges.c.attempt + 1, error_code=None, error=None, updated_at=bindparam("b_now"))
-            .returning(*_CLAIMED))
-
-
-def _pg_claim_statement() -> Any:
-    """The claim and its journal entries as one PostgreSQL statement (a data-modifying CTE)."""
-    claimed = _CLAIM.cte("claimed")
-    journal = insert(transitions).from_select(
-        ["task_id", "range_pk", "from_status", "to_status", "worker", "at", "attempt"],
-        select(bindparam("b_task"), claimed.c.id, literal(S.READY.value), literal(S.SENT.value),
-               bindparam("b_worker"), bindparam("b_now"), claimed.c.attempt)).cte("journal")
-    return select(*claimed.c).add_cte(journal)
-
-
-_CLAIM = _claim_statement()
-# The rows a batch of reports is about. Not locked: the write that follows checks they did not change.
-_READ_RANGES = (select(*_ROW_COLUMNS)
-                .where(ranges.c.task_id == bindparam("b_task"),
-                       ranges.c.range_id.in_(bindparam("b_range_ids", expanding=True)))
-                .order_by(ranges.c.id))
-_PG_CLAIM = _pg_claim_statement()
-
-
 class _Conflict(Exception):
     """A row changed between reading it and writing it; the transaction is run again."""
 
 
-@dataclass(frozen=True, slots=True)
-class RangeOutput:
-    """A range's output and where its events sit in the task's inputs (entries first..last of file N)."""
-
-    range_id: str
-    file_number: int
-    lfn: str
-    first_event: int
-    last_event: int
-    status: RangeStatus
-    attempt: int
-    key: str
-    store: str | None
-    adler32: str
-    size: int
-
-    @property
-    def events(self) -> int:
-        return self.last_event - self.first_event + 1
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """The facts about a task that never change after it is created."""
-
-    id: int
-    name: str
-    token_hash: str
-    max_attempts: int
-    lease_seconds: int
-    n_ranges: int
-    n_events: int
-    created_at: float
-
-
-def hash_token(token: str) -> str:
-    """Tokens are long random strings, so one round of SHA-256 is the right way to store them."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def _row(record: Any) -> RangeRow:
-    # _ROW_COLUMNS lists the columns in RangeRow's field order.
+    # ROW_COLUMNS lists the columns in RangeRow's field order.
     return RangeRow(record[0], record[1], S(record[2]), *record[3:])
 
 
@@ -407,7 +289,7 @@ class Ledger:
             conn.execute(update(tasks).where(tasks.c.id == record.id)
                          .values(state=TaskState.CANCELLED.value, updated_at=now))
             rows = [_row(r) for r in conn.execute(
-                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+                select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                             ranges.c.status.in_([s.value for s in OPEN]))
                 .order_by(ranges.c.id).with_for_update()).all()]
             self._apply(conn, record, now, [
@@ -426,8 +308,8 @@ class Ledger:
         params = {"b_task": record.id, "b_after": after_seq, "b_n": n, "b_worker": worker,
                   "b_lease": now + record.lease_seconds, "b_now": now}
         if self.dialect == "postgresql":
-            return list(conn.execute(_PG_CLAIM, params).all())  # claim and journal in one statement
-        rows = list(conn.execute(_CLAIM, params).all())
+            return list(conn.execute(PG_CLAIM, params).all())  # claim and journal in one statement
+        rows = list(conn.execute(CLAIM, params).all())
         self._journal(conn, [{"task_id": record.id, "range_pk": r.id, "from_status": S.READY.value,
                               "to_status": S.SENT.value, "worker": worker, "at": now, "attempt": r.attempt}
                              for r in rows])
@@ -489,7 +371,7 @@ class Ledger:
             nonlocal released
             if restarted:
                 rows = [_row(r) for r in conn.execute(
-                    select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
+                    select(*ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
                                                 ranges.c.status.in_([s.value for s in IN_FLIGHT]))
                     .order_by(ranges.c.id)).all()]
                 self._apply(conn, record, now, [(row, fail_or_requeue(
@@ -522,7 +404,7 @@ class Ledger:
 
         def work(conn: Connection) -> int:
             rows = [_row(r) for r in conn.execute(
-                select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+                select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                             ranges.c.status.in_([s.value for s in IN_FLIGHT]),
                                             ranges.c.lease_expires < now)
                 .order_by(ranges.c.id).with_for_update(skip_locked=True)).all()]
@@ -546,7 +428,7 @@ class Ledger:
 
         def work(conn: Connection) -> list[Decision]:
             rows = {r.range_id: r for r in map(_row, conn.execute(
-                _READ_RANGES, {"b_task": record.id, "b_range_ids": wanted}).all())}
+                READ_RANGES, {"b_task": record.id, "b_range_ids": wanted}).all())}
             missing = [range_id for range_id in wanted if range_id not in rows]
             if missing:
                 raise RangeNotFoundError(name, missing)
@@ -594,7 +476,7 @@ class Ledger:
             accepted = [(old, replace(d, row=replace(d.row, queue_seq=next(seqs))) if d.requeue else d)
                         for old, d in accepted]
         rows = [{"pk": old.pk, "old_status": old.status.value, "old_worker": old.worker, "old_attempt": old.attempt,
-                 **{name: getattr(d.row, name) for name in _MUTABLE}} for old, d in accepted]
+                 **{name: getattr(d.row, name) for name in MUTABLE}} for old, d in accepted]
         moves = [{"task_id": record.id, "range_pk": d.row.pk, "from_status": step.from_status.value,
                   "to_status": step.to_status.value, "worker": step.worker, "at": now, "attempt": d.row.attempt,
                   "cpu_s": d.row.cpu_s if step.with_metrics else None,
@@ -603,10 +485,10 @@ class Ledger:
                   "error": d.row.error if step.to_status not in WITH_OUTPUT else None}
                  for _, d in accepted for step in d.steps]
         if self.dialect == "postgresql":
-            written = conn.execute(_PG_BULK_WRITE, {"b_rows": json.dumps(rows), "b_journal": json.dumps(moves),
+            written = conn.execute(PG_BULK_WRITE, {"b_rows": json.dumps(rows), "b_journal": json.dumps(moves),
                                                     "b_now": now}).scalar_one()
         else:
-            written = conn.execute(_BULK_WRITE.values(), [{**row, "b_now": now} for row in rows]).rowcount
+            written = conn.execute(BULK_WRITE.values(), [{**row, "b_now": now} for row in rows]).rowcount
             self._journal(conn, moves)
         if written != len(rows):
             raise _Conflict(f"task {record.name!r}: {len(rows) - written} of {len(rows)} ranges changed meanwhile")
@@ -620,7 +502,7 @@ class Ledger:
     def ranges_with_status(self, name: str, status: RangeStatus, limit: int | None = None) -> list[RangeRow]:
         """Ranges in one status, in range order (for reports: which are fatal, and why)."""
         record = self.task(name)
-        query = (select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.status == status.value)
+        query = (select(*ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.status == status.value)
                  .order_by(ranges.c.id).limit(limit))
         return self._transaction(lambda conn: [_row(r) for r in conn.execute(query).all()])
 
@@ -628,7 +510,7 @@ class Ledger:
         """Every range that holds a verified-size output, in range order."""
         record = self.task(name)
         return self._transaction(lambda conn: [_row(r) for r in conn.execute(
-            select(*_ROW_COLUMNS).where(ranges.c.task_id == record.id,
+            select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                         ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
             .order_by(ranges.c.id)).all()])
 
@@ -663,7 +545,7 @@ class Ledger:
 
         def work(conn: Connection) -> int:
             rows = {r.range_id: r for r in map(_row, conn.execute(
-                _READ_RANGES, {"b_task": record.id, "b_range_ids": list(range_ids)}).all())}
+                READ_RANGES, {"b_task": record.id, "b_range_ids": list(range_ids)}).all())}
             missing = [r for r in range_ids if r not in rows]
             if missing:
                 raise RangeNotFoundError(name, missing)
@@ -677,7 +559,7 @@ class Ledger:
         """One range's status, attempt, holder and output."""
         record = self.task(name)
         rows = self._transaction(lambda conn: conn.execute(
-            _READ_RANGES, {"b_task": record.id, "b_range_ids": [range_id]}).all())
+            READ_RANGES, {"b_task": record.id, "b_range_ids": [range_id]}).all())
         if not rows:
             raise RangeNotFoundError(name, [range_id])
         row = _row(rows[0])

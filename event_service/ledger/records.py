@@ -1,0 +1,48 @@
+"""What the ledger hands out about tasks and outputs: immutable records, and how task tokens are stored."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from event_service.models import RangeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RangeOutput:
+    """A range's output and where its events sit in the task's inputs (entries first..last of file N)."""
+
+    range_id: str
+    file_number: int
+    lfn: str
+    first_event: int
+    last_event: int
+    status: RangeStatus
+    attempt: int
+    key: str
+    store: str | None
+    adler32: str
+    size: int
+
+    @property
+    def events(self) -> int:
+        return self.last_event - self.first_event + 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The facts about a task that never change after it is created."""
+
+    id: int
+    name: str
+    token_hash: str
+    max_attempts: int
+    lease_seconds: int
+    n_ranges: int
+    n_events: int
+    created_at: float
+
+
+def hash_token(token: str) -> str:
+    """Tokens are long random strings, so one round of SHA-256 is the right way to store them."""
+    return hashlib.sha256(token.encode()).hexdigest()
