@@ -443,7 +443,7 @@ def test_an_output_with_other_branches_is_corrupted(task: Task, tmp_path: Path) 
     with pytest.raises(CorruptedOutputsError) as caught:
         merge_part(task.plan()[0], {None: task.store}, tmp_path / "work")
     assert list(caught.value.reasons) == [odd]
-    assert caught.value.reasons[odd].startswith(f"branches (") and f"those of range {part.range_ids[0]}" in \
+    assert caught.value.reasons[odd].startswith("branches (") and f"those of range {part.range_ids[0]}" in \
         caught.value.reasons[odd]
 
 
