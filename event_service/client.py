@@ -6,7 +6,7 @@ import logging
 import time
 from urllib.parse import quote
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -47,7 +47,7 @@ class _Client:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> _Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

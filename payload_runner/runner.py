@@ -159,7 +159,9 @@ class Runner:
             self._drain(now, "drained" if self.summary.reason == "done" else self.summary.reason)
         self._watch_stageout(now)
         self._claim(now)
-        received = self.channel.recv(timeout_s=0.2)
+        # Wait for payload messages, but not long when uploads are finishing with nothing else to do.
+        tail = self.stageout.pending and not self.queue
+        received = self.channel.recv(timeout_s=0.02 if tail else 0.2)
         if received is not None:
             self._on_message(*received)
         self._watch_processes(time.monotonic())
@@ -187,6 +189,8 @@ class Runner:
     def _claim(self, now: float) -> None:
         if not self.claiming or len(self.queue) > self.options.workers or now < self.next_claim:
             return
+        if self.summary.claimed == 0 and not self.waiting:
+            return  # no lease starts ticking before a payload is up and asks for events
         try:
             ranges, state = self.source.claim(self.batch - len(self.queue))
         except (ConnectionError, OSError) as exc:

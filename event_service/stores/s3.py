@@ -41,6 +41,11 @@ SIGNED_UPLOAD_HEADERS = frozenset({"content-length", f"x-amz-meta-{META_ADLER32}
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
+# Objects up to this size are read into memory once, for their Content-MD5, and verified by the PUT itself;
+# larger ones stream from their file and are verified by a HEAD afterwards.
+IN_MEMORY_PUT_BYTES = 8 << 20
+
+
 class S3Store(ObjectStore):
     """Objects in an S3 bucket below an optional key prefix.
 
@@ -177,10 +182,14 @@ class S3Store(ObjectStore):
     def _put(self, key: str, source: Path | bytes, expected: Checksum) -> StoredObject:
         full_key = self._full_key(key)
         metadata = {META_ADLER32: expected.adler32, META_SIZE: str(expected.size)}
-        if expected.size < self.multipart_threshold:
+        in_memory = isinstance(source, bytes) and expected.size < self.multipart_threshold
+        if in_memory or expected.size <= IN_MEMORY_PUT_BYTES:
             return self._put_single(key, full_key, source, expected, metadata)
         with self._translate(key, "upload"):
-            if isinstance(source, bytes):
+            if expected.size < self.multipart_threshold:
+                with open(source, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body, Metadata=metadata)
+            elif isinstance(source, bytes):
                 self.client.upload_fileobj(io.BytesIO(source), self.bucket, full_key,
                                            ExtraArgs={"Metadata": metadata}, Config=self._transfer_config())
             else:

@@ -34,7 +34,7 @@ class RegisterOutputOperator(BaseOperator):
         self.store_conn_id = store_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        parts = context["ti"].xcom_pull(task_ids=self.merge_task_id, key="return_value")
+        parts = context["ti"].xcom_pull(task_ids=[self.merge_task_id], key="return_value")  # a list, even of one
         merged_parts = sorted((p for p in (parts or []) if p), key=lambda p: p["index"])
         hook = ObjectStoreHook(self.store_conn_id)
         entries = []
