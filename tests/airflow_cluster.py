@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 AIRFLOW = BIN / "airflow"
 LOCAL_HOST = "127.0.0.1"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 MARKER_ENV = "EVENT_SERVICE_TEST_CLUSTER"
-"""Set in every component's environment (and so in every process they start): how leftovers are found."""
+"""Set in every component's environment, so in every process they start: one way to find them (see ``pids``)."""
 STOP_TIMEOUT_S = 30.0
 FINAL_RUN_STATES = frozenset({"success", "failed"})
 
@@ -96,6 +95,10 @@ class ClusterConfig:
     poll_interval: float = 2.0
     api_workers: int = 1
     min_heartbeat_interval: int = 1
+    start_timeout: float = 300.0
+    """Seconds for the metadata database's migration and the components' start."""
+    command_timeout: float = 180.0
+    """Seconds any one ``airflow`` command may take."""
     settings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -206,9 +209,10 @@ class AirflowCluster:
 
     # ----------------------------------------------------------------------- commands and processes
 
-    def airflow(self, *args: str, timeout: float = 180.0) -> str:
+    def airflow(self, *args: str, timeout: float | None = None) -> str:
         """Run an ``airflow`` command against this cluster; its standard output (ClusterError on failure)."""
         command = [str(AIRFLOW), *args]
+        timeout = self.config.command_timeout if timeout is None else timeout
         try:
             done = subprocess.run(command, env=self.env, cwd=self.config.home, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=timeout, check=False)
@@ -229,8 +233,9 @@ class AirflowCluster:
                 [str(AIRFLOW), component, *args], env=self.env, cwd=self.config.home, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self, timeout: float = 300.0) -> None:
+    def start(self) -> None:
         """Migrate the metadata database, start the four components, wait until the api-server answers."""
+        timeout = self.config.start_timeout
         deadline = time.monotonic() + timeout
         for folder in (self.config.home, self.log_dir, self.config.home / "work"):
             folder.mkdir(parents=True, exist_ok=True)

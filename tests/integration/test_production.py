@@ -50,13 +50,14 @@ def test_a_task_runs_to_success_through_airflow_on_postgresql(pg_server: str, s3
     write_spec(tmp_path / "tasks", tmp_path / "evnt", s3_bucket, s3_server.endpoint_url)
     with pg_database(pg_server, "airflow") as metadata_url, pg_database(pg_server, "ledger") as ledger_url:
         config = ClusterConfig(home=tmp_path / "airflow", metadata_url=metadata_url, ledger_url=ledger_url,
-                               tasks_folder=tmp_path / "tasks", s3=s3_server, poll_interval=1.0,
+                               tasks_folder=tmp_path / "tasks", s3=s3_server, parallelism=4, poll_interval=1.0,
+                               start_timeout=120, command_timeout=45,
                                settings={"AIRFLOW__EVENT_SERVICE__STALL_TIMEOUT": "60"})
         cluster = AirflowCluster(config)
         with cluster:
-            cluster.wait_for_dag(f"es_{TASK}", timeout=90)
+            cluster.wait_for_dag(f"es_{TASK}", timeout=60)
             run_id = cluster.trigger(f"es_{TASK}")
-            run = cluster.wait_for_run(f"es_{TASK}", run_id, timeout=180)
+            run = cluster.wait_for_run(f"es_{TASK}", run_id, timeout=150)
         assert cluster.pids() == []
         assert run.state == "success"
         assert run.task_states == {"success": 1 + SLOTS + 1 + 2 + 1}  # register, pilots, wait, 2 merges, output
