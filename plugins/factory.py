@@ -115,7 +115,7 @@ def build_dag(spec: TaskSpec, settings: FactorySettings, source: str) -> DAG:
         pilots = RunPilotOperator.partial(
             task_id="run_pilot", task_name=spec.name, dispatch_conn_id=settings.dispatch_conn_id,
             payload_workers=settings.payload_workers, retries=settings.pilot_retries,
-            retry_delay=timedelta(seconds=15), **conns,
+            retry_delay=timedelta(seconds=15), **stores,
         ).expand(slot=register.output)
         wait = TaskCompleteSensor(task_id="wait_for_outputs", task_name=spec.name, trigger_rule="all_done",
                                   poll_interval=settings.poll_interval, stall_timeout=settings.stall_timeout,

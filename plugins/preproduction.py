@@ -75,7 +75,7 @@ def build_preproduction_dag(settings: FactorySettings) -> DAG:
         register = RegisterTaskOperator(task_id="register_task", spec=prepared["spec"], workers=SLOTS, **conns)
         pilots = RunPilotOperator.partial(task_id="run_pilot", task_name=name,
                                           dispatch_conn_id=settings.dispatch_conn_id, retries=1,
-                                          **conns).expand(slot=register.output)
+                                          **stores).expand(slot=register.output)
         wait = TaskCompleteSensor(task_id="wait_for_outputs", task_name=name, trigger_rule="all_done",
                                   poll_interval=2, stall_timeout=300, **stores)
         merge = MergeOperator.partial(task_id="merge", task_name=name, **stores).expand(part=wait.output)

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
@@ -406,7 +406,7 @@ class AirflowCluster:
             time.sleep(0.1)
         return leftovers
 
-    def __enter__(self) -> AirflowCluster:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:

@@ -16,7 +16,7 @@ from typing import Any
 from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
-from event_service_airflow.hooks import LedgerHook
+from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 RUNNER = Path(sys.executable).with_name("payload-runner")
 
@@ -33,7 +33,8 @@ class RunPilotOperator(BaseOperator):
     template_fields = ("task_name", "slot")
 
     def __init__(self, *, task_name: str, slot: int | str, ledger_conn_id: str = LedgerHook.default_conn_name,
-                 dispatch_conn_id: str | None = "event_service_api", payload_workers: int = 1,
+                 dispatch_conn_id: str | None = "event_service_api",
+                 store_conn_id: str | None = ObjectStoreHook.default_conn_name, payload_workers: int = 1,
                  workdir_root: str | None = None, runner_args: list[str] | None = None,
                  drain_grace_s: float = 60.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -41,6 +42,7 @@ class RunPilotOperator(BaseOperator):
         self.slot = slot
         self.ledger_conn_id = ledger_conn_id
         self.dispatch_conn_id = dispatch_conn_id
+        self.store_conn_id = store_conn_id
         self.payload_workers = payload_workers
         self.workdir_root = workdir_root
         self.runner_args = runner_args or []
@@ -65,12 +67,22 @@ class RunPilotOperator(BaseOperator):
                     "EVENT_SERVICE_TOKEN": conn.password}
         return ["--ledger", LedgerHook(self.ledger_conn_id).url], {}
 
+    def _store_credentials(self) -> dict[str, str]:
+        """The store connection's S3 keys, for the runner's stage-out, as boto3's standard variables."""
+        if not self.store_conn_id:
+            return {}
+        options = ObjectStoreHook(self.store_conn_id).get_conn()
+        names = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+                 "region": "AWS_DEFAULT_REGION"}
+        return {names[k]: str(v) for k, v in options.items() if k in names}
+
     def execute(self, context: Context) -> dict[str, Any]:
         slot = int(self.slot)
         root = Path(self.workdir_root or os.environ.get("EVENT_SERVICE_WORKDIR") or Path.cwd() / "es-pilots")
         workdir = root / self.task_name / f"slot{slot}"
         workdir.mkdir(parents=True, exist_ok=True)
         source, secrets = self._source()
+        secrets.update(self._store_credentials())
         command = [str(RUNNER), *source, "--task", self.task_name, "--workdir", str(workdir),
                    "--worker-id", f"{socket.gethostname()}-slot{slot}", "--workers", str(self.payload_workers),
                    "--grace", str(self.drain_grace_s), *self.runner_args]

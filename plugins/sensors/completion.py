@@ -111,6 +111,10 @@ class TaskCompleteSensor(BaseSensorOperator):
         if not self.deferrable:
             super().execute(context)
             return self._parts()
+        # Look once before deferring: the sensor usually starts when the pilots are done, and a trigger that
+        # fires at once races Airflow's bookkeeping of the deferral (apache/airflow#67287).
+        if self.poke(context):
+            return self._parts()
         self.defer(trigger=TaskCompleteTrigger(self.task_name, self.ledger_conn_id, self.store_conn_id,
                                                self.poll_interval, self.stall_timeout),
                    method_name="execute_complete", timeout=timedelta(seconds=self.timeout))

@@ -53,3 +53,16 @@ def test_store_hook_without_a_connection_uses_the_default_chain(tmp_path: Path) 
     hook = ObjectStoreHook("no_such_connection")
     assert hook.get_conn() == {}
     assert isinstance(hook.get_store(tmp_path.as_uri()), LocalStore)
+
+
+def test_pilots_get_the_store_connections_keys_as_aws_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from event_service_airflow.operators import RunPilotOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_EVENT_SERVICE_STORE", json.dumps({
+        "conn_type": "aws", "login": "AKIDEXAMPLE", "password": "secret-key-example",
+        "extra": {"endpoint_url": "http://127.0.0.1:8333", "region_name": "eu-west-1"}}))
+    pilot = RunPilotOperator(task_id="run_pilot", task_name="demo", slot=0)
+    assert pilot._store_credentials() == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+                                          "AWS_SECRET_ACCESS_KEY": "secret-key-example",
+                                          "AWS_DEFAULT_REGION": "eu-west-1"}
+    assert RunPilotOperator(task_id="p2", task_name="demo", slot=0, store_conn_id=None)._store_credentials() == {}
