@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -44,9 +45,9 @@ def _spec(workdir: Path, files: int, events: int, per_range: int, cost_ms: float
 
 def _start_runner(url: str, token: str, workdir: Path, name: str) -> subprocess.Popen[str]:
     with (workdir / f"{name}.log").open("w") as log:
-        return subprocess.Popen([str(RUNNER), "--server", url, "--task", "demo", "--token", token, "--workdir",
-                                 str(workdir / name), "--worker-id", name], stdout=subprocess.PIPE, stderr=log,
-                                text=True)
+        return subprocess.Popen([str(RUNNER), "--server", url, "--task", "demo", "--workdir", str(workdir / name),
+                                 "--worker-id", name], stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, "EVENT_SERVICE_TOKEN": token})
 
 
 def run_demo(workdir: Path, *, files: int = 2, events: int = 2000, events_per_range: int = 10,
@@ -71,6 +72,8 @@ def run_demo(workdir: Path, *, files: int = 2, events: int = 2000, events_per_ra
         evicted = names[0]
         # A spot instance vanishes: the first runner is killed outright once it has done some work.
         while ledger.status("demo").counts[RangeStatus.FINISHED] < spec.total_ranges // 10:
+            if all(p.poll() is not None for p in processes.values()):
+                break  # the runners ended early; the summary below says how
             time.sleep(0.05)
         processes[evicted].send_signal(signal.SIGKILL)
         print(f"{evicted} killed with SIGKILL (an evicted spot instance); its ranges return when the "

@@ -178,7 +178,7 @@ class Ledger:
 
     def create_task(self, spec: TaskSpec) -> tuple[TaskRecord, str]:
         """Create a task and all its ranges in one transaction; returns the record and the task token."""
-        token = secrets.token_urlsafe(32)
+        token = "est_" + secrets.token_urlsafe(32)  # never starts with "-", which a command line would misread
         now = time.time()
         n_ranges = spec.total_ranges
 
