@@ -67,9 +67,11 @@ def check_completion(ledger: Ledger, task: str, stores: Mapping[str | None, Obje
                           open_ranges, status.live_workers, counts)
     outputs = [o for o in ledger.outputs(task) if o.status == S.FINISHED]
     if verify_objects and outputs:
+        # Ranges that share an archive share its object: each object is checked once.
+        objects = {(o.store, o.key, o.adler32, o.size): o for o in outputs}
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            problems = {o.range_id: why for o, why in zip(outputs, pool.map(lambda o: _verify(o, stores), outputs),
-                                                          strict=True) if why}
+            verdicts = dict(zip(objects, pool.map(lambda o: _verify(o, stores), objects.values()), strict=True))
+        problems = {o.range_id: why for o in outputs if (why := verdicts[(o.store, o.key, o.adler32, o.size)])}
         if problems:
             by_reason: dict[str, list[str]] = defaultdict(list)
             for range_id, why in problems.items():

@@ -4,7 +4,8 @@ A range output is good when its object exists, its bytes match the adler32 and s
 those match what the ledger recorded. Anything else is a reason to mark the range corrupted; a store that
 cannot be reached is not (its error propagates, nothing is marked). Objects of a local store are verified
 where they are and read in place, unless the caller needs private copies: the store's ``get`` makes every
-download durable (an fsync per file), which costs more than the whole merge of a small file.
+download durable (an fsync per file), which costs more than the whole merge of a small file. An archive
+holding several ranges' outputs is fetched and verified once, then each range's file is copied out of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from event_service.archives import ArchiveError, ArchiveReader, find_member
 from event_service.checksums import adler32_file
 from event_service.ledger import RangeOutput
 from event_service.stores import (
@@ -113,15 +115,58 @@ def _stage_one(output: RangeOutput, store: ObjectStore, dest: Path, copy_local: 
         return f"output key unusable: {exc}"
 
 
+def _stage_archive(outputs: Sequence[RangeOutput], store: ObjectStore, archive_dest: Path,
+                   dests: Sequence[Path]) -> list[Staged | str]:
+    """Stage one archive holding several ranges' outputs, verify it, and copy out each range's member."""
+    archive = _stage_one(outputs[0], store, archive_dest, False)
+    if isinstance(archive, str):
+        return [f"{archive} (an archive holding the outputs of {len(outputs)} ranges)"] * len(outputs)
+    results: list[Staged | str] = []
+    try:
+        with ArchiveReader(archive.path) as reader:
+            names = reader.names()
+            for output, dest in zip(outputs, dests, strict=True):
+                assert output.member is not None
+                try:
+                    reader.extract(find_member(names, output.member), dest)
+                except ArchiveError as exc:
+                    results.append(f"output missing: {store.url}: archive {output.key!r}: {exc}")
+                    continue
+                results.append(Staged(dest, False, signature_of(dest)))
+    except ArchiveError as exc:
+        return [f"output damaged in the store: {store.url}: archive {outputs[0].key!r}: {exc}"] * len(outputs)
+    finally:
+        if not archive.in_store:
+            archive_dest.unlink(missing_ok=True)
+    return results
+
+
 def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore], scratch: Path, *,
                   copy_local: bool, threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
     """Stage and verify every output (``threads`` at a time) into ``scratch``; local stores' objects are used
-    in place unless ``copy_local``. Returns what was staged per output (None where it failed) and the reason
-    each failed output is corrupted, by range id."""
+    in place unless ``copy_local``. Outputs inside an archive (``member`` set) are verified as the archive,
+    once per archive, and copied out of it. Returns what was staged per output (None where it failed) and
+    the reason each failed output is corrupted, by range id."""
     scratch.mkdir(parents=True, exist_ok=True)
     dests = [scratch / f"{position:06d}.{output.range_id}.root" for position, output in enumerate(outputs)]
+    singles = [i for i, output in enumerate(outputs) if output.member is None]
+    archives: dict[tuple[int, str, str, int], list[int]] = {}
+    for i, output in enumerate(outputs):
+        if output.member is not None:
+            archives.setdefault((id(stores[i]), output.key, output.adler32, output.size), []).append(i)
+    results: list[Staged | str | None] = [None] * len(outputs)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="stage-in") as pool:
-        results = list(pool.map(_stage_one, outputs, stores, dests, [copy_local] * len(outputs)))
+        single_results = pool.map(_stage_one, [outputs[i] for i in singles], [stores[i] for i in singles],
+                                  [dests[i] for i in singles], [copy_local] * len(singles))
+        archive_results = pool.map(
+            lambda members: _stage_archive([outputs[i] for i in members], stores[members[0]],
+                                           scratch / f"archive.{members[0]:06d}", [dests[i] for i in members]),
+            list(archives.values()))
+        for i, result in zip(singles, single_results, strict=True):
+            results[i] = result
+        for members, group in zip(archives.values(), archive_results, strict=True):
+            for i, result in zip(members, group, strict=True):
+                results[i] = result
     staged = [result if isinstance(result, Staged) else None for result in results]
     reasons = {output.range_id: result for output, result in zip(outputs, results, strict=True)
                if isinstance(result, str)}

@@ -49,23 +49,39 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_relative_path(path: str, what: str) -> str:
+    """A relative '/'-separated path with no empty, '.' or '..' segment, no backslash and no NUL."""
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError(f"{what} {path!r} must be relative and hold no '\\' or NUL")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"{what} {path!r} has an empty, '.' or '..' segment")
+    return path
+
+
 class OutputRef(_Message):
-    """A range's output object: its key in the task's object store, adler32 and size in bytes."""
+    """A range's output object: its key in the task's object store, adler32 and size in bytes.
+
+    When several ranges' outputs travel in one archive (a tar, as PanDA pilots upload them), ``key``,
+    ``adler32`` and ``size`` are the archive's and ``member`` names the range's file inside it.
+    """
 
     key: str = Field(min_length=1, max_length=1024)
     adler32: str
     size: int = Field(ge=0)
     store: str | None = Field(default=None, max_length=1024,
                               description="the store holding it, when not the task's own (a failover store)")
+    member: str | None = Field(default=None, min_length=1, max_length=255,
+                               description="the range's file inside the archive ``key``, when it is one")
 
     @field_validator("key")
     @classmethod
     def _key(cls, key: str) -> str:
-        if key.startswith("/") or "\\" in key or "\x00" in key:
-            raise ValueError("an output key is relative to the object store and holds no '\\' or NUL")
-        if any(part in ("", ".", "..") for part in key.split("/")):
-            raise ValueError(f"output key {key!r} has an empty, '.' or '..' segment")
-        return key
+        return check_relative_path(key, "output key")
+
+    @field_validator("member")
+    @classmethod
+    def _member(cls, member: str | None) -> str | None:
+        return None if member is None else check_relative_path(member, "archive member")
 
     @field_validator("adler32")
     @classmethod

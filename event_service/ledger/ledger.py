@@ -35,10 +35,12 @@ from event_service.errors import (
 from event_service.ledger.engine import create_ledger_engine, is_retryable
 from event_service.ledger.rules import Decision, RangeRow, Step, WorkerHistory, decide, fail_or_requeue
 from event_service.ledger.schema import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     catalog,
     ledger_meta,
     metadata,
+    migrate,
     ranges,
     tasks,
     transitions,
@@ -146,6 +148,8 @@ class Ledger:
             version = conn.execute(select(ledger_meta.c.value).where(ledger_meta.c.key == "schema_version")).scalar()
             if version is None:
                 conn.execute(insert(ledger_meta).values(key="schema_version", value=SCHEMA_VERSION))
+            elif version in MIGRATIONS:
+                migrate(conn, version)
             elif version != SCHEMA_VERSION:
                 raise LedgerSchemaError(
                     f"the ledger database holds schema version {version}; this package uses {SCHEMA_VERSION}")
@@ -519,12 +523,13 @@ class Ledger:
         record = self.task(name)
         query = (select(ranges.c.range_id, ranges.c.file_number, ranges.c.lfn, ranges.c.first_event,
                         ranges.c.last_event, ranges.c.status, ranges.c.attempt, ranges.c.output_key,
-                        ranges.c.output_store, ranges.c.adler32, ranges.c.size)
+                        ranges.c.output_store, ranges.c.adler32, ranges.c.size, ranges.c.output_member)
                  .where(ranges.c.task_id == record.id, ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
                  .order_by(ranges.c.file_number, ranges.c.first_event))
         return self._transaction(lambda conn: [
             RangeOutput(r.range_id, r.file_number, r.lfn, r.first_event, r.last_event, S(r.status), r.attempt,
-                        r.output_key, r.output_store, r.adler32, r.size) for r in conn.execute(query).all()])
+                        r.output_key, r.output_store, r.adler32, r.size, r.output_member)
+            for r in conn.execute(query).all()])
 
     def mark_corrupted(self, name: str, range_ids: Sequence[str], reason: str, by: str | None = None) -> int:
         """Outputs that failed verification: recorded ``corrupted``, then re-dispatched (or fatal)."""
@@ -565,7 +570,8 @@ class Ledger:
         row = _row(rows[0])
         output = None
         if row.output_key is not None and row.adler32 is not None and row.size is not None:
-            output = OutputRef(key=row.output_key, adler32=row.adler32, size=row.size, store=row.output_store)
+            output = OutputRef(key=row.output_key, adler32=row.adler32, size=row.size, store=row.output_store,
+                               member=row.output_member)
         return RangeInfo(range_id=row.range_id, status=row.status, attempt=row.attempt, worker=row.worker,
                          output=output)
 

@@ -23,6 +23,7 @@ class RangeOutput:
     store: str | None
     adler32: str
     size: int
+    member: str | None = None  # the range's file inside ``key`` when that is an archive of several ranges
 
     @property
     def events(self) -> int:

@@ -24,6 +24,7 @@ class RangeRow:
     output_store: str | None = None
     adler32: str | None = None
     size: int | None = None
+    output_member: str | None = None
     cpu_s: float | None = None
     wall_s: float | None = None
     error_code: str | None = None
@@ -82,7 +83,7 @@ def fail_or_requeue(row: RangeRow, max_attempts: int, by: str | None, code: str 
         target = S.READY
     steps.append(Step(first_step.to_status if first_step else row.status, target, by))
     new = replace(row, status=target, worker=None, lease_expires=None, error_code=code, error=error,
-                  output_key=None, output_store=None, adler32=None, size=None)
+                  output_key=None, output_store=None, adler32=None, size=None, output_member=None)
     return Decision("accepted", new, tuple(steps), requeue=target == S.READY)
 
 
@@ -99,8 +100,8 @@ def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, 
         out = item.output
         assert out is not None  # enforced by RangeUpdate
         if row.status in WITH_OUTPUT:
-            if (row.output_key, row.output_store, row.adler32, row.size) == (out.key, out.store, out.adler32,
-                                                                             out.size):
+            if (row.output_key, row.output_store, row.adler32, row.size, row.output_member) == (
+                    out.key, out.store, out.adler32, out.size, out.member):
                 return Decision("duplicate", row, reason="already finished with this output")
             return Decision("rejected", row, reason=(
                 f"range is already {row.status} with output {row.output_key!r} (adler32 {row.adler32}, "
@@ -111,7 +112,7 @@ def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, 
                 return Decision("rejected", row, reason=f"worker {worker!r} never held this range")
             return Decision("rejected", row, reason=f"range is {row.status}; a finished report comes too late")
         new = replace(row, status=S.FINISHED, worker=worker, lease_expires=None, output_key=out.key,
-                      output_store=out.store, adler32=out.adler32, size=out.size, cpu_s=item.cpu_s, wall_s=item.wall_s,
+                      output_store=out.store, adler32=out.adler32, size=out.size, output_member=out.member, cpu_s=item.cpu_s, wall_s=item.wall_s,
                       error_code=None, error=None)
         reason = "late report accepted: the output arrived after the lease had lapsed" if late else None
         return Decision("accepted", new, (Step(row.status, S.FINISHED, worker, with_metrics=True),), reason)

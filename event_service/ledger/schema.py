@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -16,8 +18,9 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 metadata = MetaData()
 
@@ -67,6 +70,7 @@ ranges = Table(
     Column("lease_expires", Double),
     Column("output_key", String(1024)),
     Column("output_store", Text, comment="the store holding the output when not the task's own"),
+    Column("output_member", String(255), comment="the range's file inside output_key when that is an archive"),
     Column("adler32", String(8)),
     Column("size", BigInteger),
     Column("cpu_s", Double),
@@ -136,3 +140,25 @@ catalog = Table(
     UniqueConstraint("dataset", "file_name", name="uq_es_catalog_dataset_file"),
     Index("ix_es_catalog_task", "task_id"),
 )
+
+
+# -- upgrades of an existing ledger --------------------------------------------------------------------
+# Each step takes a database from the version named to the next; ``create_all`` has already added any new
+# table, so a step only changes tables that existed before it.
+
+def _add_output_member(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE es_ranges ADD COLUMN output_member VARCHAR(255)"))
+
+
+MIGRATIONS: dict[str, tuple[str, Callable[[Connection], None]]] = {
+    "1": ("2", _add_output_member),
+}
+
+
+def migrate(conn: Connection, version: str) -> None:
+    """Upgrade the ledger in ``conn`` from ``version`` to SCHEMA_VERSION, one step at a time."""
+    while version != SCHEMA_VERSION:
+        target, step = MIGRATIONS[version]
+        step(conn)
+        conn.execute(ledger_meta.update().where(ledger_meta.c.key == "schema_version").values(value=target))
+        version = target

@@ -16,10 +16,10 @@ READY = literal_column("'ready'")  # a literal, so that the planner can use the 
 ROW_COLUMNS = (
     ranges.c.id, ranges.c.range_id, ranges.c.status, ranges.c.attempt, ranges.c.queue_seq, ranges.c.worker,
     ranges.c.lease_expires, ranges.c.output_key, ranges.c.output_store, ranges.c.adler32, ranges.c.size,
-    ranges.c.cpu_s, ranges.c.wall_s, ranges.c.error_code, ranges.c.error,
+    ranges.c.output_member, ranges.c.cpu_s, ranges.c.wall_s, ranges.c.error_code, ranges.c.error,
 )
 MUTABLE = ("status", "attempt", "queue_seq", "worker", "lease_expires", "output_key", "output_store", "adler32",
-            "size", "cpu_s", "wall_s", "error_code", "error")
+            "size", "output_member", "cpu_s", "wall_s", "error_code", "error")
 
 
 def pg_record_set(param: str, name: str, columns: Sequence[tuple[str, Any]]) -> Any:

@@ -237,6 +237,24 @@ def test_schema_version_mismatch_is_refused(ledger_url: str) -> None:
         Ledger(ledger_url)
 
 
+def test_a_version_1_ledger_is_upgraded_and_keeps_its_ranges(ledger_url: str) -> None:
+    with Ledger(ledger_url) as ledger:
+        ledger.create_task(make_spec())
+        ledger.claim("demo", "w1", 1)
+        ledger.update("demo", "w1", [finished("demo.1.0-9")])
+        with ledger.engine.begin() as conn:  # make it what version 1 created
+            conn.execute(text("ALTER TABLE es_ranges DROP COLUMN output_member"))
+            conn.execute(text("UPDATE es_meta SET value = '1' WHERE key = 'schema_version'"))
+    with Ledger(ledger_url) as ledger:
+        assert ledger.range_info("demo", "demo.1.0-9").output == out("demo/demo.1.0-9")
+        with ledger.engine.begin() as conn:
+            assert conn.execute(text("SELECT value FROM es_meta WHERE key = 'schema_version'")).scalar() == "2"
+        ledger.claim("demo", "w1", 1)
+        archived = OutputRef(key="demo/outputs.tar", adler32="01020304", size=10, member="demo.1.10-19")
+        ledger.update("demo", "w1", [RangeUpdate(range_id="demo.1.10-19", status="finished", output=archived)])
+        assert ledger.range_info("demo", "demo.1.10-19").output == archived
+
+
 @pytest.mark.parametrize("url", ["mysql://localhost/db", "nonsense", "sqlite:////no/such/folder/ledger.sqlite"])
 def test_bad_database_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
