@@ -25,6 +25,7 @@ from event_service.errors import SpecError
 from event_service.urls import INPUT_SCHEMES, STORE_SCHEMES, parse_storage_url
 
 TASK_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
+PANDA_QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LFN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
 
 
@@ -108,6 +109,17 @@ class MergeSpec(_Strict):
     cleanup: bool = Field(default=False, description="delete the per-range objects once the merge is registered")
 
 
+class PandaSpec(_Strict):
+    """Serving the task to PanDA pilots: the queues whose pilots may take it, and how they stage out."""
+
+    queues: list[Annotated[str, Field(pattern=PANDA_QUEUE_PATTERN)]] = Field(
+        min_length=1, description="PanDA queue names (the pilot's --queue) whose getJob may return this task")
+    scope: str = Field(default="events", pattern=LFN_PATTERN, description="the scope given with each event range")
+    zip_time_gap: int = Field(default=60, ge=1, le=86_400, description=(
+        "seconds between a pilot's uploads of finished outputs (its queue's zip_time_gap); keep the lease longer"))
+    cores: int = Field(default=1, ge=1, le=1024, description="coreCount of a consumer job (ranges asked per call: 2x)")
+
+
 class TaskSpec(_Strict):
     """An event-service task: inputs, how to cut them, what to run, where outputs go."""
 
@@ -121,6 +133,7 @@ class TaskSpec(_Strict):
     max_fatal_ranges: int = Field(default=0, ge=0, description="fatal ranges tolerated before the task fails")
     object_store: ObjectStoreSpec
     merge: MergeSpec
+    panda: PandaSpec | None = Field(default=None, description="hand the task to PanDA pilots too")
 
     @model_validator(mode="after")
     def _unique_inputs(self) -> TaskSpec:

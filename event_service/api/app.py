@@ -35,6 +35,8 @@ from event_service.models import (
     UpdateReply,
     UpdateRequest,
 )
+from event_service.panda.router import PANDA_TOKEN_ENV, panda_router
+from event_service.panda.service import PandaSettings
 from event_service.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,11 @@ Task = Annotated[TaskRecord, Depends(task_access)]
 
 
 def create_app(ledger: Ledger | Callable[[], Ledger], admin_token: str | None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, close_ledger: bool = False) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, close_ledger: bool = False,
+               panda_token: str | None = None, panda: PandaSettings | None = None) -> FastAPI:
     """The dispatch API over ``ledger`` (or a callable that opens it on first use, for apps mounted in
-    another server). Without an admin token, creating and cancelling tasks is refused."""
+    another server), with the PanDA-compatible routes under /server/panda. Without an admin token,
+    creating and cancelling tasks is refused; PanDA pilots present ``panda_token`` or the admin token."""
     open_ledger: Callable[[], Ledger] = (lambda: ledger) if isinstance(ledger, Ledger) else ledger
 
     @asynccontextmanager
@@ -202,6 +206,7 @@ def create_app(ledger: Ledger | Callable[[], Ledger], admin_token: str | None, *
         open_ledger().cancel(task, by="admin")
         return open_ledger().status(task)
 
+    app.include_router(panda_router(open_ledger, tuple(t for t in (panda_token, admin_token) if t), panda))
     return app
 
 
@@ -210,4 +215,5 @@ def app_from_env() -> FastAPI:
     url = os.environ.get(DB_ENV)
     if not url:
         raise RuntimeError(f"set {DB_ENV} to the ledger's database URL (postgresql://… or sqlite:///path)")
-    return create_app(Ledger(url), os.environ.get(ADMIN_TOKEN_ENV) or None, close_ledger=True)
+    return create_app(Ledger(url), os.environ.get(ADMIN_TOKEN_ENV) or None, close_ledger=True,
+                      panda_token=os.environ.get(PANDA_TOKEN_ENV) or None)

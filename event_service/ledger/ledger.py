@@ -41,6 +41,7 @@ from event_service.ledger.schema import (
     ledger_meta,
     metadata,
     migrate,
+    panda_jobs,
     ranges,
     tasks,
     transitions,
@@ -138,6 +139,10 @@ class Ledger:
                 log.warning("ledger transaction failed (%s); retrying", exc.orig)
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one ledger transaction (with the ledger's retries), for tables kept beside it."""
+        return self._transaction(work)
 
     def _ensure_schema(self) -> None:
         def work(conn: Connection) -> None:
@@ -580,7 +585,7 @@ class Ledger:
         record = self.task(name)
 
         def work(conn: Connection) -> None:
-            for table in (transitions, workers, catalog, ranges):
+            for table in (transitions, workers, catalog, panda_jobs, ranges):
                 conn.execute(table.delete().where(table.c.task_id == record.id))
             conn.execute(tasks.delete().where(tasks.c.id == record.id))
 

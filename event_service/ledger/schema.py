@@ -142,6 +142,25 @@ catalog = Table(
 )
 
 
+# PanDA consumer jobs: what a PanDA pilot got from getJob. Its PandaID is this table's key; in the ranges
+# and transitions its worker is ``panda-<PandaID>``.
+panda_jobs = Table(
+    "es_panda_jobs",
+    metadata,
+    Column("panda_id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("es_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("queue", String(128), nullable=False),
+    Column("node", String(255)),
+    Column("prod_source_label", String(64)),
+    Column("state", String(32), nullable=False),
+    Column("n_events", BigInteger),
+    Column("error_code", String(64)),
+    Column("error", Text),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index("ix_es_panda_jobs_task", "task_id"),
+)
+
 # -- upgrades of an existing ledger --------------------------------------------------------------------
 # Each step takes a database from the version named to the next; ``create_all`` has already added any new
 # table, so a step only changes tables that existed before it.
