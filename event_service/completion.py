@@ -11,7 +11,7 @@ from typing import Literal
 
 from event_service.ledger import Ledger, RangeOutput
 from event_service.models import OPEN, RangeStatus, TaskState
-from event_service.stores import ObjectStore
+from event_service.stores import ChecksumMismatchError, ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,14 @@ def _verify(output: RangeOutput, stores: Mapping[str | None, ObjectStore]) -> st
     if store is None:
         return f"its output is in {output.store}, which the task does not name"
     stored = store.head(output.key)
+    if stored is None and output.member is not None:
+        # An archive a PanDA pilot uploaded has none of the store's metadata: check its bytes once, record it.
+        try:
+            stored = store.adopt(output.key, adler32=output.adler32, size=output.size)
+        except ObjectNotFoundError:
+            stored = None
+        except ChecksumMismatchError as exc:
+            return f"archive {output.key} in {store.url} is not what the pilot reported: {exc}"
     if stored is None:
         return f"object {output.key} is missing from {store.url}"
     if (stored.adler32, stored.size) != (output.adler32, output.size):

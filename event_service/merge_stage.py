@@ -118,7 +118,15 @@ def _stage_one(output: RangeOutput, store: ObjectStore, dest: Path, copy_local: 
 def _stage_archive(outputs: Sequence[RangeOutput], store: ObjectStore, archive_dest: Path,
                    dests: Sequence[Path]) -> list[Staged | str]:
     """Stage one archive holding several ranges' outputs, verify it, and copy out each range's member."""
-    archive = _stage_one(outputs[0], store, archive_dest, False)
+    first = outputs[0]
+    try:  # a PanDA pilot's upload carries none of the store's metadata until it is checked once
+        store.adopt(first.key, adler32=first.adler32, size=first.size)
+    except ObjectNotFoundError:
+        pass  # reported as missing below
+    except ChecksumMismatchError as exc:
+        return [f"output damaged in the store: {exc} (an archive holding the outputs of {len(outputs)} ranges)"] \
+            * len(outputs)
+    archive = _stage_one(first, store, archive_dest, False)
     if isinstance(archive, str):
         return [f"{archive} (an archive holding the outputs of {len(outputs)} ranges)"] * len(outputs)
     results: list[Staged | str] = []

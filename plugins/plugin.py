@@ -10,6 +10,7 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV, create_app
+from event_service.panda.router import PANDA_TOKEN_ENV
 from event_service.ledger import Ledger
 
 URL_PREFIX = "/event-service"
@@ -39,7 +40,8 @@ def dispatch_app() -> Any:
     """The dispatch API for Airflow's API server. Airflow does not protect plugin apps: the API keeps its own
     auth (task tokens, and the admin token from $EVENT_SERVICE_ADMIN_TOKEN or [event_service] admin_token)."""
     admin = os.environ.get(ADMIN_TOKEN_ENV) or conf.get("event_service", "admin_token", fallback=None) or None
-    return create_app(_LedgerOnFirstUse(), admin)
+    panda = os.environ.get(PANDA_TOKEN_ENV) or conf.get("event_service", "panda_token", fallback=None) or None
+    return create_app(_LedgerOnFirstUse(), admin, panda_token=panda)
 
 
 class EventServicePlugin(AirflowPlugin):

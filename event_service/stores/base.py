@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 import zlib
 from abc import ABC, abstractmethod
@@ -168,6 +169,23 @@ class ObjectStore(ABC):
                 raise
         return download.obj
 
+    def adopt(self, key: str, *, adler32: str, size: int) -> StoredObject:
+        """Give this store's metadata to an object another program wrote without it (a PanDA pilot's upload).
+
+        An object that already has its metadata is returned as it is. Otherwise its bytes are read and must
+        have ``adler32`` and ``size`` (ChecksumMismatchError if not, and the object is left untouched); then
+        it is stored again with its metadata, so that ``head`` and ``get`` see it like any other object.
+        ObjectNotFoundError when nothing is under ``key``.
+        """
+        key = validate_key(key)
+        found = self._head(key)
+        if found is not None:
+            return found
+        with tempfile.TemporaryDirectory(prefix="es-adopt-") as scratch:
+            raw = Path(scratch) / "object"
+            self._read_unrecorded(key, raw)
+            return self.put(key, raw, adler32=adler32, size=size)
+
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         """Every object whose key starts with ``prefix`` (a plain string prefix, as in S3)."""
         return self._list(validate_prefix(prefix))
@@ -229,6 +247,11 @@ class ObjectStore(ABC):
 
     def _presign_put(self, key: str, expected: Checksum, expires_s: int) -> PresignedUpload | None:
         return None
+
+    def _read_unrecorded(self, key: str, dest: Path) -> None:
+        """Copy the bytes of an object that has no metadata to ``dest``; ObjectNotFoundError when there are none.
+        Stores that only ever hold objects written through ``put`` have none."""
+        raise self.not_found(key, "no object without metadata here (only objects written through this store)")
 
     def _presign_get(self, key: str, expires_s: int) -> str | None:
         return None

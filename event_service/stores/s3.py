@@ -164,6 +164,10 @@ class S3Store(ObjectStore):
             raise ObjectStoreError(self.url, key, f"malformed object metadata {meta!r}: {exc}") from exc
         return Checksum(adler32, size)
 
+    def _read_unrecorded(self, key: str, dest: Path) -> None:
+        with self._translate(key, "GET (object without metadata)"):
+            self.client.download_file(self.bucket, self._full_key(key), str(dest))
+
     def _head_response(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
