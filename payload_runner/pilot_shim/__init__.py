@@ -2,7 +2,7 @@
 
 Put this folder on the pilot's ``PYTHONPATH`` (so ``import yampl`` finds the stand-in) and name it as
 ``HARVESTER_WORKDIR`` (so the pilot copies the launcher ``eventservice-payload`` into the job directory
-instead of downloading it). ``event-service pilot-shim`` prints the folder.
+instead of downloading it). ``python -m payload_runner.pilot_shim`` prints the folder.
 """
 
 from __future__ import annotations
