@@ -90,7 +90,8 @@ def panda_router(open_ledger: Callable[[], Ledger], tokens: tuple[str, ...],
         """The storage endpoints a pilot reads through ``--storagedata-url``, keyed by name."""
         return JSONResponse(await run_in_threadpool(lambda: service().storage_data()))
 
-    @router.api_route("/{method}", methods=["GET", "POST"])
+    @router.post("/{method}", operation_id="panda_method")
+    @router.get("/{method}", operation_id="panda_method_get")
     async def call(method: str, request: Request) -> Response:
         """One PanDA server method: getJob, updateJob, getEventRanges, updateEventRanges, checkEventsAvailability."""
         run = METHODS.get(method)

@@ -183,7 +183,8 @@ def test_oversized_body_is_413(api: Api) -> None:
 def test_openapi_is_served(api: Api) -> None:
     schema = api.client.get("/openapi.json").json()
     assert {"/api/v1/tasks", "/api/v1/tasks/{task}", "/api/v1/tasks/{task}/claim", "/api/v1/tasks/{task}/update",
-            "/api/v1/tasks/{task}/heartbeat", "/api/v1/tasks/{task}/cancel"} <= set(schema["paths"])
+            "/api/v1/tasks/{task}/heartbeat", "/api/v1/tasks/{task}/cancel", "/server/panda/{method}",
+            "/server/panda/queuedata/{queue}"} <= set(schema["paths"])
     assert "bearer" in str(schema["components"]["securitySchemes"]).lower()
     assert api.client.get("/docs").status_code == 200
     assert api.client.get("/api/v1/health").json()["status"] == "ok"
