@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -59,7 +59,7 @@ class _Entry:
     archive: Mapping[str, Any] | None
     result: bool = False
     reason: str | None = None
-    range_id: PandaRangeId | None = field(default=None)
+    range_id: PandaRangeId | None = None
 
 
 class PandaService:

@@ -82,7 +82,8 @@ def storage_endpoint(location: StoreLocation) -> StorageEndpoint:
 
 def task_endpoints(spec: TaskSpec) -> list[StorageEndpoint]:
     """The task's store and its failover store, as storage endpoints."""
-    locations = [spec.object_store, *( [spec.object_store.failover] if spec.object_store.failover else [])]
+    failover = spec.object_store.failover
+    locations = [spec.object_store] + ([failover] if failover is not None else [])
     return [storage_endpoint(location) for location in locations]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ def _inflate(body: bytes, encoding: str) -> bytes:
         return body
     try:
         data = inflater.decompress(body, MAX_INFLATED_BYTES + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
+    except zlib.error as exc:
         raise PandaRequestError(f"the request body is not valid {encoding or 'gzip'} data: {exc}") from None
     if len(data) > MAX_INFLATED_BYTES or inflater.unconsumed_tail:
         raise PandaRequestError(f"the request body inflates to more than {MAX_INFLATED_BYTES} bytes")
