@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
     func,
     insert,
     select,
@@ -31,8 +30,9 @@ from event_service.errors import (
     RangeNotFoundError,
     TaskExistsError,
     TaskNotFoundError,
+    TokenRejectedError,
 )
-from event_service.ledger.engine import create_ledger_engine, is_retryable
+from event_service.ledger.engine import MAX_OVERFLOW, POOL_SIZE, create_ledger_engine, is_retryable
 from event_service.ledger.rules import Decision, RangeRow, Step, WorkerHistory, decide, fail_or_requeue
 from event_service.ledger.schema import (
     MIGRATIONS,
@@ -54,8 +54,6 @@ from event_service.models import (
     ClaimedRange,
     ClaimReply,
     HeartbeatReply,
-    OutputRef,
-    RangeInfo,
     RangeStatus,
     RangeUpdate,
     TaskState,
@@ -63,11 +61,14 @@ from event_service.models import (
     UpdateResult,
 )
 from event_service.spec import TaskSpec
+from event_service.urls import same_store
 
-from event_service.ledger.records import RangeOutput, TaskRecord, hash_token
+from event_service.ledger.records import TaskRecord, hash_token
+from event_service.ledger.results import LedgerResults, row_of
 from event_service.ledger.statements import (
     BULK_WRITE,
     CLAIM,
+    CLAIMED,
     MUTABLE,
     PG_BULK_WRITE,
     PG_CLAIM,
@@ -88,15 +89,10 @@ class _Conflict(Exception):
     """A row changed between reading it and writing it; the transaction is run again."""
 
 
-def _row(record: Any) -> RangeRow:
-    # ROW_COLUMNS lists the columns in RangeRow's field order.
-    return RangeRow(record[0], record[1], S(record[2]), *record[3:])
-
-
-class Ledger:
+class Ledger(LedgerResults):
     """One ledger database (PostgreSQL or SQLite) holding any number of tasks."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 30) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> None:
         self.url = url
         self.engine: Engine = create_ledger_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self.dialect = self.engine.dialect.name
@@ -118,6 +114,10 @@ class Ledger:
         self.close()
 
     # -- plumbing -------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The ledger's clock (Unix seconds)."""
+        return time.time()
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction, retrying on lost connections, deadlocks and busy databases."""
@@ -174,14 +174,20 @@ class Ledger:
         self._seen[key] = now
         return True
 
-    def _upsert_worker(self, conn: Connection, task_id: int, worker: str, host: str | None, now: float) -> None:
+    def _upsert_worker(self, conn: Connection, task_id: int, worker: str, host: str | None, now: float,
+                       claim: tuple[str, float] | None = None) -> tuple[str | None, float | None] | None:
+        """Record the worker as seen (and its claim); returns its last claim id and time as they were committed
+        (the row stays locked until the transaction ends)."""
         dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        claimed = {"last_claim_id": claim[0], "last_claim_at": claim[1]} if claim else {}
         stmt = dialect_insert(workers).values(task_id=task_id, worker=worker, host=host, first_seen=now,
-                                              last_heartbeat=now)
-        changes: dict[str, Any] = {"last_heartbeat": now}
+                                              last_heartbeat=now, **claimed)
+        changes: dict[str, Any] = {"last_heartbeat": now, **claimed}
         if host is not None:
             changes["host"] = host
-        conn.execute(stmt.on_conflict_do_update(index_elements=["task_id", "worker"], set_=changes))
+        row = conn.execute(stmt.on_conflict_do_update(index_elements=["task_id", "worker"], set_=changes)
+                           .returning(workers.c.last_claim_id, workers.c.last_claim_at)).first()
+        return None if row is None else (row.last_claim_id, row.last_claim_at)
 
     # -- tasks ----------------------------------------------------------------------------------------
 
@@ -252,9 +258,21 @@ class Ledger:
         return list(self._transaction(
             lambda conn: conn.execute(select(tasks.c.name).order_by(tasks.c.id)).scalars().all()))
 
-    def check_token(self, name: str, token: str) -> bool:
-        """True when ``token`` is the token of task ``name``."""
-        return hmac.compare_digest(self.task(name).token_hash, hash_token(token))
+    def authorize(self, name: str, token: str) -> TaskRecord:
+        """The record of task ``name`` when ``token`` is its token and the task is not cancelled: cancelling a
+        task revokes its token. Raises TokenRejectedError saying which; an unknown task is a wrong token too,
+        so that a token does not tell which other tasks exist."""
+        try:
+            record = self.task(name)
+        except TaskNotFoundError:
+            raise TokenRejectedError(name, revoked=False) from None
+        if not hmac.compare_digest(record.token_hash, hash_token(token)):
+            raise TokenRejectedError(name, revoked=False)
+        state = self._transaction(
+            lambda conn: conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one())
+        if state == TaskState.CANCELLED:
+            raise TokenRejectedError(name, revoked=True)
+        return record
 
     def status(self, name: str) -> TaskStatus:
         """Ranges per status, events done and total, live workers, and the task's state."""
@@ -297,7 +315,7 @@ class Ledger:
         def work(conn: Connection) -> int:
             conn.execute(update(tasks).where(tasks.c.id == record.id)
                          .values(state=TaskState.CANCELLED.value, updated_at=now))
-            rows = [_row(r) for r in conn.execute(
+            rows = [row_of(r) for r in conn.execute(
                 select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                             ranges.c.status.in_([s.value for s in OPEN]))
                 .order_by(ranges.c.id).with_for_update()).all()]
@@ -324,8 +342,12 @@ class Ledger:
                              for r in rows])
         return rows
 
-    def claim(self, name: str, worker: str, n: int = 1, host: str | None = None) -> ClaimReply:
-        """Atomically hand up to ``n`` ready ranges to ``worker`` under a lease; never one range to two."""
+    def claim(self, name: str, worker: str, n: int = 1, host: str | None = None,
+              claim_id: str | None = None) -> ClaimReply:
+        """Atomically hand up to ``n`` ready ranges to ``worker`` under a lease; never one range to two.
+
+        With ``claim_id``, a claim that repeats the worker's last claim id is a retry whose reply was lost: it
+        gets the ranges that claim handed out which the worker still holds, and nothing new."""
         record = self.task(name)
         now = time.time()
         self._maybe_expire(record, now)
@@ -333,11 +355,20 @@ class Ledger:
         full_scan = hint > 0 and now - self._last_full_scan.get(record.id, 0.0) >= FULL_SCAN_INTERVAL_S
 
         def work(conn: Connection) -> tuple[list[Any], TaskState]:
+            if claim_id is not None:
+                # Lock the worker's row first: a retry arriving while the first try still runs waits for it,
+                # then sees its claim id and answers with its ranges.
+                last = self._upsert_worker(conn, record.id, worker, host, now)
+                if last is not None and last[0] == claim_id:
+                    replayed = self._replayed_claim(conn, record, worker, claim_id, last[1])
+                    return replayed, TaskState.RUNNING if replayed else self._state(conn, record)
             rows = self._claim_rows(conn, record, worker, n, now, hint)
             if len(rows) < n and full_scan:
                 # Ranges behind the remembered position are rare (a claim rolled back); look now and then.
                 rows += self._claim_rows(conn, record, worker, n - len(rows), now, 0)
-            if self._worker_seen(record, worker, now):
+            if claim_id is not None:
+                self._upsert_worker(conn, record.id, worker, host, now, claim=(claim_id, now))
+            elif self._worker_seen(record, worker, now):
                 self._upsert_worker(conn, record.id, worker, host, now)
             state = TaskState.RUNNING if rows else self._state(conn, record)
             return rows, state
@@ -355,6 +386,20 @@ class Ledger:
             ranges=[ClaimedRange.model_construct(range_id=r.range_id, lfn=r.lfn, guid=r.guid, url=r.url,
                                                  first_event=r.first_event, last_event=r.last_event,
                                                  attempt=r.attempt) for r in rows])
+
+    def _replayed_claim(self, conn: Connection, record: TaskRecord, worker: str, claim_id: str,
+                        claimed_at: float) -> list[Any]:
+        """The ranges the worker's claim ``claim_id``, made at ``claimed_at``, handed out and it still holds."""
+        sent = (select(transitions.c.range_pk, transitions.c.attempt)
+                .where(transitions.c.task_id == record.id, transitions.c.worker == worker,
+                       transitions.c.to_status == S.SENT.value, transitions.c.at == claimed_at)
+                .subquery())
+        log.info("task %s: worker %s repeated claim %s; answering with its ranges again", record.name, worker,
+                 claim_id)
+        return list(conn.execute(
+            select(*CLAIMED).join(sent, (sent.c.range_pk == ranges.c.id) & (sent.c.attempt == ranges.c.attempt))
+            .where(ranges.c.task_id == record.id, ranges.c.worker == worker,
+                   ranges.c.status.in_([s.value for s in IN_FLIGHT]))).all())
 
     def _state(self, conn: Connection, record: TaskRecord) -> TaskState:
         if conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one() == TaskState.CANCELLED:
@@ -379,7 +424,7 @@ class Ledger:
         def work(conn: Connection) -> tuple[int, str]:
             nonlocal released
             if restarted:
-                rows = [_row(r) for r in conn.execute(
+                rows = [row_of(r) for r in conn.execute(
                     select(*ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.worker == worker,
                                                 ranges.c.status.in_([s.value for s in IN_FLIGHT]))
                     .order_by(ranges.c.id)).all()]
@@ -412,7 +457,7 @@ class Ledger:
         now = time.time() if now is None else now
 
         def work(conn: Connection) -> int:
-            rows = [_row(r) for r in conn.execute(
+            rows = [row_of(r) for r in conn.execute(
                 select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
                                             ranges.c.status.in_([s.value for s in IN_FLIGHT]),
                                             ranges.c.lease_expires < now)
@@ -429,14 +474,22 @@ class Ledger:
 
     # -- updates --------------------------------------------------------------------------------------
 
-    def update(self, name: str, worker: str, items: Sequence[RangeUpdate]) -> list[UpdateResult]:
-        """Apply a batch of worker reports; each item is accepted, a harmless duplicate, or rejected."""
+    def update(self, name: str, worker: str, items: Sequence[RangeUpdate], *,
+               own_keys: bool = True) -> list[UpdateResult]:
+        """Apply a batch of worker reports; each item is accepted, a harmless duplicate, or rejected.
+
+        With ``own_keys`` (workers choose their keys), an output must lie under ``<task>/`` in the task's store
+        or its failover store; callers that build the keys themselves (the PanDA routes) pass False."""
         record = self.task(name)
         now = time.time()
         wanted = [item.range_id for item in items]
+        if own_keys:
+            items, misplaced = self._placed_outputs(name, items)
+        else:
+            misplaced = {}
 
         def work(conn: Connection) -> list[Decision]:
-            rows = {r.range_id: r for r in map(_row, conn.execute(
+            rows = {r.range_id: r for r in map(row_of, conn.execute(
                 READ_RANGES, {"b_task": record.id, "b_range_ids": wanted}).all())}
             missing = [range_id for range_id in wanted if range_id not in rows]
             if missing:
@@ -445,7 +498,9 @@ class Ledger:
                 rows[item.range_id].pk for item in items
                 if rows[item.range_id].worker != worker or rows[item.range_id].status not in IN_FLIGHT
                 or item.attempt not in (None, rows[item.range_id].attempt)])
-            decisions = [decide(rows[item.range_id], item, worker, max_attempts=record.max_attempts,
+            decisions = [Decision("rejected", rows[item.range_id], reason=misplaced[item.range_id])
+                         if item.range_id in misplaced else
+                         decide(rows[item.range_id], item, worker, max_attempts=record.max_attempts,
                                 lease_seconds=record.lease_seconds, now=now,
                                 history=history.get(rows[item.range_id].pk, WorkerHistory()))
                          for item in items]
@@ -456,6 +511,29 @@ class Ledger:
         # Built from values the ledger has just checked: no second validation.
         return [UpdateResult.model_construct(range_id=d.row.range_id, result=d.verdict, status=d.row.status,
                                              reason=d.reason) for d in decisions]
+
+    def _placed_outputs(self, name: str, items: Sequence[RangeUpdate]) -> tuple[list[RangeUpdate], dict[str, str]]:
+        """The reports with each failover output's store named as the spec names it, and the reports whose output
+        lies outside the task's prefix or stores, with the reason for each."""
+        prefix = f"{name}/"
+        found = {item.range_id: f"output key {item.output.key!r} lies outside the task's prefix {prefix!r}"
+                 for item in items if item.output is not None and not item.output.key.startswith(prefix)}
+        if not any(item.output is not None and item.output.store is not None for item in items):
+            return list(items), found
+        failover = self.task_spec(name).object_store.failover
+        placed = []
+        for item in items:
+            out = item.output
+            if out is not None and out.store is not None:
+                if failover is not None and same_store(out.store, failover.url):
+                    # Stores name themselves in a normal form (no trailing '/', no 'localhost'): keep the spec's.
+                    item = item.model_copy(update={"output": out.model_copy(update={"store": failover.url})})
+                else:
+                    found.setdefault(item.range_id, (
+                        f"output store {out.store!r} is not a store of task {name!r} (its failover: "
+                        f"{failover.url if failover else 'none'})"))
+            placed.append(item)
+        return placed, found
 
     def _history(self, conn: Connection, record: TaskRecord, worker: str,
                  pks: list[int]) -> dict[int, WorkerHistory]:
@@ -506,80 +584,6 @@ class Ledger:
         if rows:
             conn.execute(insert(transitions), rows)
 
-    # -- after the workers: verification and merge ----------------------------------------------------
-
-    def ranges_with_status(self, name: str, status: RangeStatus, limit: int | None = None) -> list[RangeRow]:
-        """Ranges in one status, in range order (for reports: which are fatal, and why)."""
-        record = self.task(name)
-        query = (select(*ROW_COLUMNS).where(ranges.c.task_id == record.id, ranges.c.status == status.value)
-                 .order_by(ranges.c.id).limit(limit))
-        return self._transaction(lambda conn: [_row(r) for r in conn.execute(query).all()])
-
-    def finished_ranges(self, name: str) -> list[RangeRow]:
-        """Every range that holds a verified-size output, in range order."""
-        record = self.task(name)
-        return self._transaction(lambda conn: [_row(r) for r in conn.execute(
-            select(*ROW_COLUMNS).where(ranges.c.task_id == record.id,
-                                        ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
-            .order_by(ranges.c.id)).all()])
-
-    def outputs(self, name: str) -> list[RangeOutput]:
-        """Every range holding an output (finished or merged), in event order, with where its events sit."""
-        record = self.task(name)
-        query = (select(ranges.c.range_id, ranges.c.file_number, ranges.c.lfn, ranges.c.first_event,
-                        ranges.c.last_event, ranges.c.status, ranges.c.attempt, ranges.c.output_key,
-                        ranges.c.output_store, ranges.c.adler32, ranges.c.size, ranges.c.output_member)
-                 .where(ranges.c.task_id == record.id, ranges.c.status.in_([s.value for s in WITH_OUTPUT]))
-                 .order_by(ranges.c.file_number, ranges.c.first_event))
-        return self._transaction(lambda conn: [
-            RangeOutput(r.range_id, r.file_number, r.lfn, r.first_event, r.last_event, S(r.status), r.attempt,
-                        r.output_key, r.output_store, r.adler32, r.size, r.output_member)
-            for r in conn.execute(query).all()])
-
-    def mark_corrupted(self, name: str, range_ids: Sequence[str], reason: str, by: str | None = None) -> int:
-        """Outputs that failed verification: recorded ``corrupted``, then re-dispatched (or fatal)."""
-        return self._verdict(name, range_ids, by, lambda row: fail_or_requeue(
-            row, self.task(name).max_attempts, None, "corrupted", reason,
-            Step(row.status, S.CORRUPTED, by)) if row.status == S.FINISHED else None)
-
-    def mark_merged(self, name: str, range_ids: Sequence[str], by: str | None = None) -> int:
-        """Finished ranges whose outputs are now in a registered merged file."""
-        return self._verdict(name, range_ids, by, lambda row: Decision(
-            "accepted", replace(row, status=S.MERGED), (Step(S.FINISHED, S.MERGED, by),))
-            if row.status == S.FINISHED else None)
-
-    def _verdict(self, name: str, range_ids: Sequence[str], by: str | None,
-                 rule: Callable[[RangeRow], Decision | None]) -> int:
-        record = self.task(name)
-        now = time.time()
-
-        def work(conn: Connection) -> int:
-            rows = {r.range_id: r for r in map(_row, conn.execute(
-                READ_RANGES, {"b_task": record.id, "b_range_ids": list(range_ids)}).all())}
-            missing = [r for r in range_ids if r not in rows]
-            if missing:
-                raise RangeNotFoundError(name, missing)
-            changes = [(row, d) for row in rows.values() if (d := rule(row)) is not None]
-            self._apply(conn, record, now, changes)
-            return len(changes)
-
-        return self._transaction(work)
-
-    def range_info(self, name: str, range_id: str) -> RangeInfo:
-        """One range's status, attempt, holder and output."""
-        record = self.task(name)
-        rows = self._transaction(lambda conn: conn.execute(
-            READ_RANGES, {"b_task": record.id, "b_range_ids": [range_id]}).all())
-        if not rows:
-            raise RangeNotFoundError(name, [range_id])
-        row = _row(rows[0])
-        output = None
-        if row.output_key is not None and row.adler32 is not None and row.size is not None:
-            output = OutputRef(key=row.output_key, adler32=row.adler32, size=row.size, store=row.output_store,
-                               member=row.output_member)
-        return RangeInfo(range_id=row.range_id, status=row.status, attempt=row.attempt, worker=row.worker,
-                         output=output)
-
     def delete_task(self, name: str) -> None:
         """Remove a task and everything the ledger holds about it (pre-production tests clean up this way)."""
         record = self.task(name)
@@ -594,15 +598,3 @@ class Ledger:
             self._records.pop(name, None)
             self._hints.pop(record.id, None)
         log.info("deleted task %s from the ledger", name)
-
-    def transitions(self, name: str, range_id: str | None = None) -> list[dict[str, Any]]:
-        """The recorded transitions of a task (or one range), oldest first."""
-        record = self.task(name)
-        query = (select(ranges.c.range_id, transitions.c.from_status, transitions.c.to_status,
-                        transitions.c.worker, transitions.c.at, transitions.c.attempt, transitions.c.cpu_s,
-                        transitions.c.wall_s, transitions.c.error_code, transitions.c.error)
-                 .select_from(transitions.join(ranges, and_(ranges.c.id == transitions.c.range_pk)))
-                 .where(transitions.c.task_id == record.id).order_by(transitions.c.id))
-        if range_id is not None:
-            query = query.where(ranges.c.range_id == range_id)
-        return self._transaction(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])

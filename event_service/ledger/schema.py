@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 metadata = MetaData()
 
@@ -120,6 +120,8 @@ workers = Table(
     Column("host", String(255)),
     Column("first_seen", Double, nullable=False),
     Column("last_heartbeat", Double, nullable=False),
+    Column("last_claim_id", String(64), comment="the id of the worker's last claim: a retried claim is replayed"),
+    Column("last_claim_at", Double, comment="when that claim was made (the time of its ranges' sent transitions)"),
 )
 
 # The file catalog: merged files registered in normal storage, one row per file.
@@ -137,6 +139,8 @@ catalog = Table(
     Column("first_range", String(256), nullable=False),
     Column("last_range", String(256), nullable=False),
     Column("registered_at", Double, nullable=False),
+    Column("certification", String(16), comment="certified or suspect against the task's reference; NULL: none"),
+    Column("validation", Text, comment="URL of the file's validation histograms (JSON; the PNG lies beside it)"),
     UniqueConstraint("dataset", "file_name", name="uq_es_catalog_dataset_file"),
     Index("ix_es_catalog_task", "task_id"),
 )
@@ -169,8 +173,16 @@ def _add_output_member(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE es_ranges ADD COLUMN output_member VARCHAR(255)"))
 
 
+def _add_certification_and_claim_ids(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE es_catalog ADD COLUMN certification VARCHAR(16)"))
+    conn.execute(text("ALTER TABLE es_catalog ADD COLUMN validation TEXT"))
+    conn.execute(text("ALTER TABLE es_workers ADD COLUMN last_claim_id VARCHAR(64)"))
+    conn.execute(text("ALTER TABLE es_workers ADD COLUMN last_claim_at DOUBLE PRECISION"))
+
+
 MIGRATIONS: dict[str, tuple[str, Callable[[Connection], None]]] = {
     "1": ("2", _add_output_member),
+    "2": ("3", _add_certification_and_claim_ids),
 }
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -244,11 +247,16 @@ def test_a_version_1_ledger_is_upgraded_and_keeps_its_ranges(ledger_url: str) ->
         ledger.update("demo", "w1", [finished("demo.1.0-9")])
         with ledger.engine.begin() as conn:  # make it what version 1 created
             conn.execute(text("ALTER TABLE es_ranges DROP COLUMN output_member"))
+            conn.execute(text("ALTER TABLE es_catalog DROP COLUMN certification"))
+            conn.execute(text("ALTER TABLE es_catalog DROP COLUMN validation"))
+            conn.execute(text("ALTER TABLE es_workers DROP COLUMN last_claim_id"))
+            conn.execute(text("ALTER TABLE es_workers DROP COLUMN last_claim_at"))
             conn.execute(text("UPDATE es_meta SET value = '1' WHERE key = 'schema_version'"))
     with Ledger(ledger_url) as ledger:
         assert ledger.range_info("demo", "demo.1.0-9").output == out("demo/demo.1.0-9")
         with ledger.engine.begin() as conn:
-            assert conn.execute(text("SELECT value FROM es_meta WHERE key = 'schema_version'")).scalar() == "2"
+            assert conn.execute(text("SELECT value FROM es_meta WHERE key = 'schema_version'")).scalar() == "3"
+            assert conn.execute(text("SELECT count(certification) + count(validation) FROM es_catalog")).scalar() == 0
         ledger.claim("demo", "w1", 1)
         archived = OutputRef(key="demo/outputs.tar", adler32="01020304", size=10, member="demo.1.10-19")
         ledger.update("demo", "w1", [RangeUpdate(range_id="demo.1.10-19", status="finished", output=archived)])
@@ -284,3 +292,49 @@ def test_deleting_a_task_removes_everything_of_it(demo: Ledger) -> None:
     with demo.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM es_transitions")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM es_ranges")).scalar_one() == 1
+
+
+def test_a_repeated_claim_id_gets_the_same_ranges_not_new_ones(demo: Ledger) -> None:
+    first = demo.claim("demo", "w1", 2, claim_id="claim-0001")
+    assert [r.range_id for r in first.ranges] == ["demo.1.0-9", "demo.1.10-19"]
+    # The reply was lost; the worker asks again with the same id: the same ranges, nothing more handed out.
+    again = demo.claim("demo", "w1", 2, claim_id="claim-0001")
+    assert again.ranges == first.ranges
+    assert statuses(demo) == {"sent": 2, "ready": 2}
+    # A range the worker has reported meanwhile is not handed out again; a new id claims new ranges.
+    demo.update("demo", "w1", [finished("demo.1.0-9")])
+    assert [r.range_id for r in demo.claim("demo", "w1", 2, claim_id="claim-0001").ranges] == ["demo.1.10-19"]
+    assert [r.range_id for r in demo.claim("demo", "w1", 1, claim_id="claim-0002").ranges] == ["demo.1.20-24"]
+    # Another worker's claim ids are its own.
+    [last] = demo.claim("demo", "w2", 1, claim_id="claim-0001").ranges
+    assert last.range_id not in {"demo.1.0-9", "demo.1.10-19", "demo.1.20-24"}
+    sent = [t for t in demo.transitions("demo") if t["to_status"] == "sent"]
+    assert len(sent) == 4 == len({t["range_id"] for t in sent})  # every range sent once
+
+
+def test_concurrent_tries_of_one_claim_get_the_same_ranges(ledger: Ledger) -> None:
+    """A client that times out and sends its claim again while the first try still runs: one claim, not two."""
+    ledger.create_task(make_spec(events=(200,)))
+    tries = 6
+    barrier = threading.Barrier(tries)
+
+    def attempt() -> list[str]:
+        barrier.wait()
+        return [r.range_id for r in ledger.claim("demo", "w1", 3, claim_id="one-claim-id").ranges]
+
+    with ThreadPoolExecutor(tries) as pool:
+        answers = list(pool.map(lambda _: attempt(), range(tries)))
+    assert all(answer == answers[0] for answer in answers) and len(answers[0]) == 3
+    assert statuses(ledger)["sent"] == 3
+
+
+def test_a_failover_output_is_recorded_under_the_specs_url(ledger: Ledger, tmp_path: Path) -> None:
+    failover = f"{(tmp_path / 'failover').as_uri()}/"  # the spec's spelling, with a trailing '/'
+    ledger.create_task(make_spec(object_store={"url": (tmp_path / "objects").as_uri(), "failover": {"url": failover}}))
+    [claimed] = ledger.claim("demo", "w1", 1).ranges
+    reported = OutputRef(key=f"demo/{claimed.range_id}/1/out.root", adler32="00000001", size=1,
+                         store=(tmp_path / "failover").as_uri())  # as the store names itself
+    [result] = ledger.update("demo", "w1", [RangeUpdate(range_id=claimed.range_id, status="finished",
+                                                        output=reported)])
+    assert result.result == "accepted"
+    assert ledger.range_info("demo", claimed.range_id).output == reported.model_copy(update={"store": failover})
