@@ -1,4 +1,4 @@
-"""The ``event-service`` command: serve the dispatch API, run the embedded demo."""
+"""The ``event-service`` command: serve the dispatch API, run the demo, and manage tasks on a server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV
+from event_service.envvars import ADMIN_TOKEN_ENV, DB_ENV
+from event_service.cli_admin import add_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     make_input.add_argument("--seed", type=int, help="random seed (default 20131); same arguments, same events")
     make_input.add_argument("--force", action="store_true", help="write into a non-empty folder, overwriting")
     make_input.set_defaults(run=_make_input)
+
+    add_commands(commands)  # tasks, status, create, cancel: clients of a dispatch API
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from urllib.parse import quote
 from collections.abc import Sequence
 from typing import Any, Self
@@ -18,6 +19,8 @@ from event_service.models import (
     TaskCreated,
     TaskStatus,
     UpdateResult,
+    UploadGrant,
+    UploadRequest,
 )
 from event_service.spec import TaskSpec
 
@@ -29,9 +32,18 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 class DispatchError(RuntimeError):
     """The dispatch API refused a request; carries the HTTP status and the server's explanation."""
 
-    def __init__(self, method: str, url: str, status: int, detail: Any) -> None:
-        self.method, self.url, self.status, self.detail = method, url, status, detail
+    def __init__(self, method: str, url: str, status: int, detail: Any, reason: str | None = None) -> None:
+        self.method, self.url, self.status, self.detail, self.reason = method, url, status, detail, reason
         super().__init__(f"{method} {url} -> HTTP {status}: {detail}")
+
+    @property
+    def token_revoked(self) -> bool:
+        """The task was cancelled, which revoked its token: a worker stops."""
+        return self.status == 403 and self.reason == "token_revoked"
+
+
+class DispatchUnavailableError(DispatchError, ConnectionError):
+    """The server kept answering 5xx (its database down, say): as for a lost connection, retry later."""
 
 
 class _Client:
@@ -66,14 +78,23 @@ class _Client:
                 if response.status_code < 400:
                     return response.json()
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    reason = None
                     try:
-                        detail = response.json().get("message") or response.json().get("detail")
-                    except ValueError:
+                        body = response.json()
+                        detail = body.get("message") or body.get("detail")
+                        reason = body.get("reason")
+                    except (ValueError, AttributeError):
                         detail = response.text[:500]
-                    raise DispatchError(method, url, response.status_code, detail)
+                    kind = DispatchUnavailableError if response.status_code >= 500 else DispatchError
+                    raise kind(method, url, response.status_code, detail, reason)
                 log.warning("%s %s answered %d; retrying", method, url, response.status_code)
             time.sleep(min(self.backoff_s * 2**attempt, 30.0))
         raise AssertionError("unreachable")
+
+    def health(self) -> dict[str, Any]:
+        """The server's liveness answer; ConnectionError when it does not answer."""
+        reply: dict[str, Any] = _Client._call(self, "GET", "/health")
+        return reply
 
 
 
@@ -87,8 +108,11 @@ class DispatchClient(_Client):
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return super()._call(method, f"/tasks/{self.task}{path}", body)
 
-    def claim(self, worker: str, n: int, host: str | None = None) -> ClaimReply:
-        return ClaimReply.model_validate(self._call("POST", "/claim", {"worker": worker, "n": n, "host": host}))
+    def claim(self, worker: str, n: int, host: str | None = None, claim_id: str | None = None) -> ClaimReply:
+        """Claim up to ``n`` ranges. Retries resend the same ``claim_id`` (one is made when none is given), so
+        a claim whose reply was lost is answered again with its ranges rather than with new ones."""
+        body = {"worker": worker, "n": n, "host": host, "claim_id": claim_id or uuid.uuid4().hex}
+        return ClaimReply.model_validate(self._call("POST", "/claim", body))
 
     def update(self, worker: str, updates: Sequence[RangeUpdate]) -> list[UpdateResult]:
         body = {"worker": worker, "updates": [u.model_dump(mode="json", exclude_none=True) for u in updates]}
@@ -98,6 +122,9 @@ class DispatchClient(_Client):
     def heartbeat(self, worker: str, host: str | None = None, restarted: bool = False) -> HeartbeatReply:
         body = {"worker": worker, "host": host, "restarted": restarted}
         return HeartbeatReply.model_validate(self._call("POST", "/heartbeat", body))
+
+    def grant_upload(self, request: UploadRequest) -> UploadGrant:
+        return UploadGrant.model_validate(self._call("POST", "/uploads", request.model_dump(mode="json")))
 
     def status(self) -> TaskStatus:
         return TaskStatus.model_validate(self._call("GET", ""))

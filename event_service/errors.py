@@ -49,3 +49,17 @@ class LedgerSchemaError(RuntimeError):
 
 class LedgerUnavailableError(ConnectionError):
     """The ledger database could not be reached or kept failing after retries."""
+
+
+class TokenRejectedError(PermissionError):
+    """A task token that does not open the task it was presented for: wrong, or revoked by a cancel."""
+
+    def __init__(self, task: str, revoked: bool) -> None:
+        super().__init__(task, revoked)
+        self.task = task
+        self.revoked = revoked
+
+    def __str__(self) -> str:
+        if self.revoked:
+            return f"task {self.task!r} was cancelled: its token is revoked"
+        return f"the token is not valid for task {self.task!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -12,6 +12,9 @@ from event_service.urls import STORE_SCHEMES, parse_storage_url
 
 MAX_BATCH = 1000
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
+CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+# Documents an adler32's form in the OpenAPI schema; the field's validator checks it with a clearer message.
+ADLER32_SCHEMA: dict[str, Any] = {"pattern": r"^\s*[0-9A-Fa-f]{8}\s*$"}
 
 
 class RangeStatus(StrEnum):
@@ -45,8 +48,29 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
+def refuse_nul(data: object, where: str = "") -> object:
+    """``data`` as it is, or ValueError naming where a string holds a NUL character (no field may: PostgreSQL
+    refuses such text)."""
+    if isinstance(data, str):
+        if "\x00" in data:
+            raise ValueError(f"{where or 'the value'} holds a NUL character")
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            refuse_nul(key, f"{where}.{key}".lstrip(".") if isinstance(key, str) else where)
+            refuse_nul(value, f"{where}.{key}".lstrip("."))
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            refuse_nul(value, f"{where}.{index}".lstrip("."))
+    return data
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        return refuse_nul(data)
 
 
 def check_relative_path(path: str, what: str) -> str:
@@ -66,7 +90,7 @@ class OutputRef(_Message):
     """
 
     key: str = Field(min_length=1, max_length=1024)
-    adler32: str
+    adler32: str = Field(json_schema_extra=ADLER32_SCHEMA)
     size: int = Field(ge=0)
     store: str | None = Field(default=None, max_length=1024,
                               description="the store holding it, when not the task's own (a failover store)")
@@ -76,7 +100,9 @@ class OutputRef(_Message):
     @field_validator("key")
     @classmethod
     def _key(cls, key: str) -> str:
-        return check_relative_path(key, "output key")
+        from event_service.stores.keys import validate_key  # the stores' own rule: a key they can hold
+
+        return validate_key(key)
 
     @field_validator("member")
     @classmethod
@@ -129,6 +155,9 @@ class ClaimRequest(_Message):
     worker: str = Field(pattern=WORKER_ID_PATTERN)
     n: int = Field(default=1, ge=1, le=MAX_BATCH)
     host: str | None = Field(default=None, max_length=255)
+    claim_id: str | None = Field(default=None, pattern=CLAIM_ID_PATTERN, description=(
+        "an id for this claim, the same on a retry: a claim whose reply was lost is answered again with the "
+        "same ranges instead of new ones (which nobody would process while the worker's heartbeats keep them)"))
 
 
 class UpdateRequest(_Message):
@@ -214,6 +243,38 @@ class RangeInfo(_Message):
     attempt: int
     worker: str | None
     output: OutputRef | None
+
+
+MAX_UPLOAD_BYTES = 5 * 1024**3  # one S3 PUT carries at most 5 GiB
+
+
+class UploadRequest(_Message):
+    """A worker asks for a pre-signed upload of one range's output, whose adler32 and size it has computed."""
+
+    worker: str = Field(pattern=WORKER_ID_PATTERN)
+    range_id: str = Field(min_length=1, max_length=256)
+    attempt: int = Field(ge=1, description="the attempt the worker holds the range for")
+    file_name: str = Field(min_length=1, max_length=255, description="the output's file name: one key segment")
+    adler32: str = Field(json_schema_extra=ADLER32_SCHEMA)
+    size: int = Field(ge=0, le=MAX_UPLOAD_BYTES)
+    failover: bool = Field(default=False, description="upload to the task's failover store, not its own")
+
+    @field_validator("adler32")
+    @classmethod
+    def _adler32(cls, value: str) -> str:
+        return normalize_adler32(value)
+
+
+class UploadGrant(_Message):
+    """A pre-signed upload: send ``method`` to ``url`` with exactly ``headers`` (they are signed, the checksum
+    metadata and size among them), then report ``key`` (and ``store``, when set) as the range's output."""
+
+    key: str
+    url: str
+    method: Literal["PUT"]
+    headers: dict[str, str]
+    expires_s: int
+    store: str | None = Field(default=None, description="the failover store's URL when the upload goes there")
 
 
 class TaskCreated(_Message):

@@ -22,11 +22,13 @@ from pydantic import (
 )
 
 from event_service.errors import SpecError
+from event_service.models import refuse_nul
 from event_service.urls import INPUT_SCHEMES, STORE_SCHEMES, parse_storage_url
 
 TASK_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
 PANDA_QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LFN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
+MAX_RANGES_PER_TASK = 10_000_000  # created in one transaction; a larger task is several tasks
 
 
 def _store_url(url: str) -> str:
@@ -45,6 +47,11 @@ InputURL = Annotated[str, AfterValidator(_input_url)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        return refuse_nul(data)
 
 
 class InputFile(_Strict):
@@ -95,6 +102,19 @@ class ObjectStoreSpec(StoreLocation):
     failover: StoreLocation | None = None
 
 
+DEFAULT_MIN_P_VALUE = 0.001  # with ~8 histograms per file, about 1 good file in 100 is called suspect
+
+
+class CertificationSpec(_Strict):
+    """Certifying merged files: their validation histograms compared with a reference set."""
+
+    reference: StoreURL = Field(description=(
+        "the validation set (<file>.validation.json) of a merged file known to be good: file:///path, or an "
+        "s3:// or root:// object written by the event service (reached with the merge's endpoint_url)"))
+    min_p_value: float = Field(default=DEFAULT_MIN_P_VALUE, gt=0, lt=1, description=(
+        "each histogram's chi-square p-value must reach this for the file to be certified"))
+
+
 class MergeSpec(_Strict):
     """How range outputs are merged and where the merged files go."""
 
@@ -107,6 +127,8 @@ class MergeSpec(_Strict):
     command: str | None = Field(default=None, min_length=1, max_length=4096, description=(
         "a merge program replacing the default ROOT merge; run as <command> --inputs LIST --output PATH"))
     cleanup: bool = Field(default=False, description="delete the per-range objects once the merge is registered")
+    certification: CertificationSpec | None = Field(default=None, description=(
+        "compare each merged file's validation histograms with a reference set: certified or suspect"))
 
 
 class PandaSpec(_Strict):
@@ -147,6 +169,14 @@ class TaskSpec(_Strict):
             if item.guid in guids:
                 raise ValueError(f"inputs.{index}.guid: {item.guid} already names inputs.{guids[item.guid]}")
             guids[item.guid] = index
+        return self
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TaskSpec:
+        if self.total_ranges > MAX_RANGES_PER_TASK:
+            raise ValueError(f"inputs and events_per_range: {self.total_events} events cut in ranges of "
+                             f"{self.events_per_range} make {self.total_ranges} ranges; at most "
+                             f"{MAX_RANGES_PER_TASK} a task (raise events_per_range, or split the inputs)")
         return self
 
     @property

@@ -62,3 +62,15 @@ def parse_storage_url(url: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> Sto
     if len(parts.path.strip("/")) == 0:
         raise ValueError(f"{url!r} names no path")
     return StorageURL(scheme, parts.netloc, parts.path, url)
+
+
+def _place(url: StorageURL) -> tuple[str, str, str]:
+    return url.scheme, url.netloc.lower(), url.path.strip("/")
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two store URLs name the same place (``file://localhost/x/`` and ``file:///x`` do)."""
+    try:
+        return _place(parse_storage_url(a)) == _place(parse_storage_url(b))
+    except ValueError:
+        return False

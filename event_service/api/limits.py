@@ -1,4 +1,5 @@
-"""An ASGI guard that refuses request bodies above a size limit with 413, before the app reads them."""
+"""ASGI guards: request bodies above a size limit get 413, and NUL characters in the path or query 422,
+before the app reads them."""
 
 from __future__ import annotations
 
@@ -68,3 +69,18 @@ class BodySizeLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class NulGuard:
+    """Refuse a request whose path or query holds a NUL character with 422: no name in the ledger holds one, and
+    PostgreSQL refuses to compare text with it (the request would otherwise end in a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "")
+                                        or b"%00" in scope.get("query_string", b"").lower()):
+            await BodySizeLimit._refuse(send, 422, "the request's path or query holds a NUL character")
+            return
+        await self.app(scope, receive, send)

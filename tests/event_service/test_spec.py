@@ -77,6 +77,13 @@ def test_ranges_cover_every_event_once() -> None:
     ({"object_store": {"url": "file:///data/../etc"}}, "object_store.url"),
     ({"merge": {"output_url": "root://host/no-double-slash"}}, "merge.output_url"),
     ({"merge": {"output_url": "file:///r", "max_events_per_file": 0}}, "merge.max_events_per_file"),
+    ({"max_fatal_ranges": -1}, "max_fatal_ranges"),
+    ({"lease_seconds": -5}, "lease_seconds"),
+    ({"events_per_range": "ten"}, "events_per_range"),
+    ({"panda": {"queues": ["Q"], "cores": 0}}, "panda.cores"),
+    ({"panda": {"queues": []}}, "panda.queues"),
+    ({"inputs": [{"lfn": "EVNT.1.root", "url": "file:///d/EVNT.1.root", "events": 10**12}], "events_per_range": 1},
+     "make 1000000000000 ranges; at most 10000000"),
 ])
 def test_bad_fields_are_refused_by_name(change: dict[str, object], field: str) -> None:
     data = spec_data()

@@ -44,8 +44,11 @@ def test_round_trip(api: Api) -> None:
     assert {k: v for k, v in status["counts"].items() if v} == {"finished": 1, "ready": 2}
     cancel = c.post("/api/v1/tasks/alpha/cancel", headers=api.auth())
     assert cancel.status_code == 200 and cancel.json()["state"] == "cancelled"
-    assert c.post("/api/v1/tasks/alpha/heartbeat", json={"worker": "w1"}, headers=h).json()["command"] == "stop"
-    assert c.post("/api/v1/tasks/alpha/claim", json={"worker": "w1"}, headers=h).json()["state"] == "cancelled"
+    revoked = c.post("/api/v1/tasks/alpha/heartbeat", json={"worker": "w1"}, headers=h)  # the token is revoked
+    assert (revoked.status_code, revoked.json()["reason"]) == (403, "token_revoked")
+    admin = api.auth()
+    assert c.post("/api/v1/tasks/alpha/heartbeat", json={"worker": "w1"}, headers=admin).json()["command"] == "stop"
+    assert c.post("/api/v1/tasks/alpha/claim", json={"worker": "w1"}, headers=admin).json()["state"] == "cancelled"
     assert [t["task"] for t in c.get("/api/v1/tasks", headers=api.auth()).json()] == ["alpha", "beta"]
 
 
@@ -84,7 +87,7 @@ def test_a_task_token_works_on_its_task_only(api: Api, method: str, path: str, b
                           (api.auth("beta"), 403), ({"Authorization": "Basic YWxhZGRpbjpvcGVu"}, 401)]:
         reply = api.client.request(method, url, json=body, headers=headers)
         assert reply.status_code == code, (headers, reply.text)
-        assert set(reply.json()) == {"detail"}
+        assert set(reply.json()) <= {"detail", "reason"}
     assert ledger_state(api) == before
     own = api.client.request(method, url, json=body, headers=api.auth("alpha"))
     assert own.status_code == (403 if path == "/cancel" else 200)  # cancelling needs the admin token
@@ -194,3 +197,16 @@ def test_admin_token_can_act_on_any_task(api: Api) -> None:
     reply = api.client.post("/api/v1/tasks/beta/claim", json={"worker": "operator", "n": 1}, headers=api.auth())
     assert reply.status_code == 200 and len(reply.json()["ranges"]) == 1
     assert ADMIN not in reply.text
+
+
+def test_a_retried_claim_is_answered_with_the_same_ranges(api: Api) -> None:
+    body = {"worker": "w1", "n": 2, "claim_id": "5f1c0a7e9b2d4c1f"}
+    first = api.client.post("/api/v1/tasks/alpha/claim", json=body, headers=api.auth("alpha")).json()
+    again = api.client.post("/api/v1/tasks/alpha/claim", json=body, headers=api.auth("alpha")).json()
+    assert again == first and len(first["ranges"]) == 2
+    fresh = api.client.post("/api/v1/tasks/alpha/claim", json={**body, "claim_id": "0c9d8e7f6a5b4c3d"},
+                            headers=api.auth("alpha")).json()
+    assert [r["range_id"] for r in fresh["ranges"]] == ["alpha.1.20-29"]
+    bad = api.client.post("/api/v1/tasks/alpha/claim", json={**body, "claim_id": "no spaces"},
+                          headers=api.auth("alpha"))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "body.claim_id"
