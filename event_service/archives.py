@@ -10,7 +10,6 @@ archive with ``../`` or absolute names cannot write outside the scratch director
 from __future__ import annotations
 
 import re
-import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from types import TracebackType
 from typing import IO, Self
 
 COPY_CHUNK = 1 << 20
+MAX_MEMBER_BYTES = 16 * 1024**3  # no range output is near this; a bomb stops here
 
 
 class ArchiveError(ValueError):
@@ -79,13 +79,32 @@ class ArchiveReader:
         return handle
 
     def extract(self, name: str, dest: Path) -> Path:
-        """Copy member ``name`` to ``dest`` (its content only; the member's own path is not used)."""
+        """Copy member ``name`` to ``dest`` (its content only; the member's own path is not used). Anything the
+        archive's reading raises (a bad stream, an encrypted or unsupported member) and a member over
+        MAX_MEMBER_BYTES (a decompression bomb) are ArchiveError; errors writing ``dest`` are the disk's."""
+        copied = 0
         try:
-            with self._open(name) as source, open(dest, "wb") as sink:
-                shutil.copyfileobj(source, sink, COPY_CHUNK)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            with open(dest, "wb") as sink:
+                try:
+                    source = self._open(name)
+                except Exception as exc:  # the archive libraries raise many kinds
+                    raise ArchiveError(f"{self.path.name}: cannot read member {name!r}: {exc}") from None
+                with source:
+                    while True:
+                        try:
+                            chunk = source.read(COPY_CHUNK)
+                        except Exception as exc:  # zlib.error, lzma.LZMAError, RuntimeError, ...
+                            raise ArchiveError(f"{self.path.name}: cannot read member {name!r}: {exc}") from None
+                        if not chunk:
+                            break
+                        copied += len(chunk)
+                        if copied > MAX_MEMBER_BYTES:
+                            raise ArchiveError(f"{self.path.name}: member {name!r} is larger than "
+                                               f"{MAX_MEMBER_BYTES} bytes; not extracted")
+                        sink.write(chunk)
+        except BaseException:
             dest.unlink(missing_ok=True)
-            raise ArchiveError(f"{self.path.name}: cannot read member {name!r}: {exc}") from None
+            raise
         return dest
 
     def close(self) -> None:

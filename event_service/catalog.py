@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -45,13 +46,16 @@ class CatalogEntry:
     first_range: str
     last_range: str
     registered_at: float
+    certification: str | None = None  # "certified" or "suspect" against the task's reference; None: not compared
+    validation: str | None = None  # URL of the validation histograms (JSON; a PNG of each lies beside it)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (for XCom and Asset event extras)."""
         return {"dataset": self.dataset, "file_name": self.file_name, "task": self.task, "events": self.events,
                 "size": self.size, "adler32": self.adler32, "location": self.location,
                 "first_range": self.first_range, "last_range": self.last_range,
-                "registered_at": self.registered_at}
+                "registered_at": self.registered_at, "certification": self.certification,
+                "validation": self.validation}
 
 
 class StoredFileExistsError(FileExistsError):
@@ -127,6 +131,19 @@ def _write(merged: MergedFile, storage: ObjectStore, retries: int, backoff_s: fl
             time.sleep(delay)
 
 
+def _write_derived(path: Path, storage: ObjectStore, retries: int, backoff_s: float) -> None:
+    """Put a file made from the merged file (its validation histograms) beside it, replacing an older one."""
+    for attempt in range(1, retries + 2):
+        try:
+            storage.put(path.name, path)
+            return
+        except OSError as exc:
+            if attempt > retries:
+                raise StorageWriteError(f"cannot write {path} to {location_of(storage, path.name)} after "
+                                        f"{attempt} attempts: {exc}") from exc
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+
+
 def _positions(conn: Connection, task_id: int, range_ids: set[str]) -> dict[str, tuple[int, int]]:
     rows = conn.execute(select(ranges.c.range_id, ranges.c.file_number, ranges.c.first_event)
                         .where(ranges.c.task_id == task_id, ranges.c.range_id.in_(sorted(range_ids)))).all()
@@ -164,7 +181,7 @@ def _record(ledger: Ledger, task: str, entry: CatalogEntry) -> CatalogEntry:
             return None
         owner = conn.execute(select(tasks.c.name).where(tasks.c.id == row.task_id)).scalar_one()
         stored = CatalogEntry(row.dataset, row.file_name, owner, row.events, row.size, row.adler32, row.location,
-                              row.first_range, row.last_range, row.registered_at)
+                              row.first_range, row.last_range, row.registered_at, row.certification, row.validation)
         if owner != task or any(getattr(stored, name) != getattr(entry, name) for name in facts):
             raise CatalogConflictError(
                 f"the catalog already holds {entry.dataset}/{entry.file_name} as {_describe(stored)}; "
@@ -184,7 +201,8 @@ def _record(ledger: Ledger, task: str, entry: CatalogEntry) -> CatalogEntry:
                 conn.execute(insert(catalog).values(
                     dataset=entry.dataset, file_name=entry.file_name, task_id=task_id, events=entry.events,
                     size=entry.size, adler32=entry.adler32, location=entry.location, first_range=entry.first_range,
-                    last_range=entry.last_range, registered_at=entry.registered_at))
+                    last_range=entry.last_range, registered_at=entry.registered_at,
+                    certification=entry.certification, validation=entry.validation))
                 return entry
         except IntegrityError:
             # Another registration inserted the same (dataset, file name) meanwhile: compare with it.
@@ -207,8 +225,8 @@ def _statuses(ledger: Ledger, task: str, range_ids: Sequence[str]) -> dict[str, 
 
 
 def register_output(ledger: Ledger, task: str, merged: MergedFile, storage: ObjectStore, dataset: str, *,
-                    retries: int = RETRIES, backoff_s: float = BACKOFF_S,
-                    by: str | None = "register_output") -> CatalogEntry:
+                    retries: int = RETRIES, backoff_s: float = BACKOFF_S, by: str | None = "register_output",
+                    validation: Sequence[Path] = (), certification: str | None = None) -> CatalogEntry:
     """Write a merged file to normal storage, check it there, catalog it, and mark its ranges ``merged``.
 
     Ranges of the part without output (``merged.missing``) must be fatal or cancelled, else
@@ -218,6 +236,9 @@ def register_output(ledger: Ledger, task: str, merged: MergedFile, storage: Obje
     The stored object's checksum is read back and compared. The catalog row is inserted or found identical
     (CatalogConflictError otherwise, or when its ranges are already in another file of the task). Safe to
     call again after any failure or crash.
+
+    ``validation`` files (the merged file's validation histograms as JSON, then PNG) are written beside it,
+    replacing any earlier ones; the catalog row records the JSON's URL and the ``certification``.
     """
     if not merged.range_ids:
         raise ValueError(f"task {task!r}: {merged.file_name} holds no ranges")
@@ -235,9 +256,12 @@ def register_output(ledger: Ledger, task: str, merged: MergedFile, storage: Obje
                                     f"{merged.adler32}/{merged.size}", f"{found[0]}/{found[1]}",
                                     "in the work directory since the merge")
     _write(merged, storage, retries, backoff_s)
+    for path in validation:
+        _write_derived(path, storage, retries, backoff_s)
     entry = _record(ledger, task, CatalogEntry(
         dataset, merged.file_name, task, merged.events, merged.size, merged.adler32,
-        location_of(storage, merged.file_name), merged.range_ids[0], merged.range_ids[-1], time.time()))
+        location_of(storage, merged.file_name), merged.range_ids[0], merged.range_ids[-1], time.time(),
+        certification, location_of(storage, validation[0].name) if validation else None))
     ledger.mark_merged(task, list(merged.range_ids), by)
     statuses = _statuses(ledger, task, merged.range_ids)
     stray = {range_id: statuses.get(range_id, "absent") for range_id in merged.range_ids
@@ -261,7 +285,8 @@ def catalog_entries(ledger: Ledger, task: str | None = None, dataset: str | None
         query = query.where(catalog.c.dataset == dataset)
     with ledger.engine.connect() as conn:
         return [CatalogEntry(r.dataset, r.file_name, r.task_name, r.events, r.size, r.adler32, r.location,
-                             r.first_range, r.last_range, r.registered_at) for r in conn.execute(query).all()]
+                             r.first_range, r.last_range, r.registered_at, r.certification, r.validation)
+                for r in conn.execute(query).all()]
 
 
 def cleanup_range_outputs(ledger: Ledger, task: str, stores: Mapping[str | None, ObjectStore]) -> int:

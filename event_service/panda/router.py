@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from event_service.errors import LedgerUnavailableError
 from event_service.ledger import Ledger
 from event_service.panda.ids import PandaRequestError
+from event_service.panda.openapi import PANDA_METHOD, PANDA_QUEUE, PANDA_REQUEST
 from event_service.panda.service import FAILURE, PandaService, PandaSettings
 from event_service.panda.wire import encode_form, parse_request, wants_json
 from event_service.spec import PANDA_QUEUE_PATTERN
@@ -73,10 +74,10 @@ def panda_router(open_ledger: Callable[[], Ledger], tokens: tuple[str, ...],
             services.append(PandaService(open_ledger(), settings))
         return services[0]
 
-    @router.get("/queuedata/{queue}")
+    @router.get("/queuedata/{queue}", responses=PANDA_QUEUE)
     async def queue_data(queue: str) -> JSONResponse:
         """The queue description a pilot reads through ``--queuedata-url``."""
-        if not re.match(PANDA_QUEUE_PATTERN, queue):
+        if not re.fullmatch(PANDA_QUEUE_PATTERN, queue):
             return JSONResponse({"error": f"{queue!r} is not a queue name"}, 404)
         return JSONResponse(await run_in_threadpool(lambda: service().queue_data(queue)))
 
@@ -90,8 +91,8 @@ def panda_router(open_ledger: Callable[[], Ledger], tokens: tuple[str, ...],
         """The storage endpoints a pilot reads through ``--storagedata-url``, keyed by name."""
         return JSONResponse(await run_in_threadpool(lambda: service().storage_data()))
 
-    @router.post("/{method}", operation_id="panda_method")
-    @router.get("/{method}", operation_id="panda_method_get")
+    @router.post("/{method}", operation_id="panda_method", responses=PANDA_METHOD, openapi_extra=PANDA_REQUEST)
+    @router.get("/{method}", operation_id="panda_method_get", responses=PANDA_METHOD)
     async def call(method: str, request: Request) -> Response:
         """One PanDA server method: getJob, updateJob, getEventRanges, updateEventRanges, checkEventsAvailability."""
         run = METHODS.get(method)

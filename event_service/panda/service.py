@@ -286,7 +286,7 @@ class PandaService:
             except ValueError as exc:  # PandaRequestError, a bad checksum
                 entry.reason = str(exc)
         if updates:
-            results = self.ledger.update(name, job.worker, [update for _, update in updates])
+            results = self.ledger.update(name, job.worker, [update for _, update in updates], own_keys=False)
             for (entry, _), result in zip(updates, results, strict=True):
                 entry.result = result.result != "rejected"
                 entry.reason = result.reason
@@ -318,7 +318,7 @@ class PandaService:
     def _archive_output(archive: Mapping[str, Any], job: ConsumerJob, spec: TaskSpec,
                         ident: PandaRangeId) -> OutputRef:
         lfn = archive.get("lfn")
-        if not isinstance(lfn, str) or not re.match(LFN_PATTERN, lfn):
+        if not isinstance(lfn, str) or not re.fullmatch(LFN_PATTERN, lfn):
             raise PandaRequestError(f"zipFile.lfn {lfn!r} is not a file name ([A-Za-z0-9._+-], no '/')")
         store_ref = int_field(archive, "objstoreID", minimum=0)
         size = int_field(archive, "fsize", minimum=0)

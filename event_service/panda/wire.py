@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from event_service.models import refuse_nul
 from event_service.panda.ids import PandaRequestError
 
 MAX_FIELD_CHARS = 1 << 20
@@ -37,7 +38,7 @@ def parse_request(body: bytes, content_type: str, content_encoding: str = "",
     fields: dict[str, Any] = dict(query or {})
     data = _inflate(body, content_encoding.strip().lower())
     if not data.strip():
-        return fields
+        return _without_nul(fields, "")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -50,12 +51,12 @@ def parse_request(body: bytes, content_type: str, content_encoding: str = "",
         if not isinstance(parsed, dict):
             raise PandaRequestError(f"a JSON request body must be an object of fields, got {type(parsed).__name__}")
         fields.update(parsed)
-        return fields
+        return _without_nul(fields, "")
     try:
         fields.update(parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=10_000))
     except ValueError as exc:
         raise PandaRequestError(f"the request body is not form-encoded fields: {exc}") from None
-    return fields
+    return _without_nul(fields, "")
 
 
 def wants_json(accept: str) -> bool:
@@ -124,7 +125,14 @@ def json_field(fields: Mapping[str, Any], name: str) -> Any:
         if len(value) > MAX_INFLATED_BYTES:
             raise PandaRequestError(f"field {name!r} is too long")
         try:
-            return json.loads(value)
+            value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise PandaRequestError(f"field {name!r} is not valid JSON: {exc.msg} at character {exc.pos}") from None
-    return value
+    return _without_nul(value, name)
+
+
+def _without_nul(value: Any, where: str) -> Any:
+    try:
+        return refuse_nul(value, where)
+    except ValueError as exc:
+        raise PandaRequestError(str(exc)) from None

@@ -11,6 +11,7 @@ from event_service.stores.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     ObjectStoreError,
+    StoreCredentialsError,
     StoreUnavailableError,
 )
 from event_service.stores.keys import object_key, validate_key, validate_prefix
@@ -29,10 +30,12 @@ __all__ = [
     "ObjectStoreError",
     "PresignedUpload",
     "S3Store",
+    "StoreCredentialsError",
     "StoreUnavailableError",
     "StoredObject",
     "XRootDStore",
     "object_key",
+    "open_location",
     "open_store",
     "validate_key",
     "validate_prefix",
@@ -49,3 +52,8 @@ def open_store(url: str, **options: Any) -> ObjectStore:
     if parsed.scheme == "s3":
         return S3Store(parsed.netloc, parsed.path, **options)
     return XRootDStore(url, **options)
+
+
+def open_location(url: str, endpoint_url: str | None = None) -> ObjectStore:
+    """The store at ``url`` as a spec names it: through ``endpoint_url`` when that is given for an S3 store."""
+    return open_store(url, **({"endpoint_url": endpoint_url} if endpoint_url and url.startswith("s3://") else {}))

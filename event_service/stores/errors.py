@@ -35,6 +35,10 @@ class ObjectNotFoundError(ObjectStoreError, FileNotFoundError):
     """No complete object (data and its checksum metadata) is stored under the key."""
 
 
+class StoreCredentialsError(ObjectStoreError, PermissionError):
+    """This process holds no (or incomplete) credentials for the store: retrying will not help."""
+
+
 class StoreUnavailableError(ObjectStoreError, ConnectionError):
     """The store could not be reached (connection refused, timed out, ...) even after retries."""
 

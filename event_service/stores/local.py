@@ -3,9 +3,9 @@
 An object ``<dir>/<name>`` has its adler32 and size in the JSON sidecar ``<dir>/.<name>.meta``. A put writes
 ``<dir>/.<name>.<hex>.tmp`` and fsyncs it, checks it, removes any old sidecar, renames the data into place and
 only then writes the new sidecar (itself through a temporary file and a rename), fsyncing the directory after
-each step. A crash at any point leaves either the old complete object, nothing, or data without a sidecar, which
-``head`` and ``list`` treat as absent (and a later put replaces). Names starting with ``.`` are never keys, so
-temporary and sidecar files never collide with objects and ``list`` skips them.
+each step that changed it. A crash at any point leaves either the old complete object, nothing, or data without
+a sidecar, which ``head`` and ``list`` treat as absent (and a later put replaces). Names starting with ``.`` are
+never keys, so temporary and sidecar files never collide with objects and ``list`` skips them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def _meta_path(path: Path) -> Path:
 
 
 def _temp_path(path: Path, what: str) -> Path:
-    return path.parent / f".{path.name}.{what}{uuid.uuid4().hex}.tmp"
+    return path.parent / f".{path.name}.{what}{secrets.token_hex(16)}.tmp"
 
 
 class LocalStore(ObjectStore):
@@ -56,12 +56,28 @@ class LocalStore(ObjectStore):
 
     def _inside(self, key: str, path: Path) -> Path:
         """``path`` if, with symbolic links resolved, it stays below the root; else InvalidKeyError."""
+        if not self._symlink_below_root(path):
+            return path  # keys hold no '..' and no empty segment: only a symbolic link could lead out
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
         if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
             raise InvalidKeyError(key, f"resolves to {real}, outside the store's directory {real_root} "
                                        "(through a symbolic link)")
         return path
+
+    def _symlink_below_root(self, path: Path) -> bool:
+        """Whether the root or an existing part of ``path`` below it is a symbolic link (an lstat per part,
+        cheaper than resolving the whole path from ``/`` for every object)."""
+        current = str(self.root)
+        parts = path.relative_to(self.root).parts
+        for part in ("", *parts):
+            current = os.path.join(current, part) if part else current
+            try:
+                if stat.S_ISLNK(os.lstat(current).st_mode):
+                    return True
+            except FileNotFoundError:
+                return False  # nothing below a missing part exists to point anywhere
+        return False
 
     def path(self, key: str) -> Path:
         """The file that holds (or would hold) ``key``'s data."""
@@ -115,8 +131,12 @@ class LocalStore(ObjectStore):
             if found_adler32 != expected.adler32:
                 raise ChecksumMismatchError(self.url, key, "adler32", expected.adler32, found_adler32,
                                             "after upload, in the written file before its rename into place")
-            _meta_path(path).unlink(missing_ok=True)  # the old object stops existing before its data changes
-            fsync_dir(path.parent)
+            try:
+                _meta_path(path).unlink()  # an old object stops existing before its data changes
+            except FileNotFoundError:
+                pass  # a new key: nothing to make durable yet
+            else:
+                fsync_dir(path.parent)
             os.replace(temp, path)
             fsync_dir(path.parent)
         except BaseException:

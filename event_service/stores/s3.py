@@ -25,6 +25,7 @@ from event_service.stores.base import CHUNK_BYTES, Checksum, Download, ObjectSto
 from event_service.stores.errors import (
     ChecksumMismatchError,
     ObjectStoreError,
+    StoreCredentialsError,
     StoreUnavailableError,
 )
 from event_service.stores.keys import is_valid_key, join_key, normalize_store_prefix
@@ -137,11 +138,20 @@ class S3Store(ObjectStore):
     def _translate(self, key: str | None, action: str) -> Iterator[None]:
         """Turn boto3/botocore errors into this package's errors, naming the store, key and action."""
         from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             yield
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreCredentialsError(self.url, key, f"{action}: {exc} (set the AWS variables, ~/.aws, or the "
+                                                       "store's access_key and secret_key)") from exc
         except (HTTPClientError, BotoConnectionError) as exc:
             where = self.endpoint_url or "the S3 endpoint"
             raise StoreUnavailableError(self.url, key, f"{action}: cannot reach {where}: {exc}") from exc

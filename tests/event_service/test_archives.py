@@ -139,3 +139,18 @@ def test_completion_checks_each_archive_once_and_names_the_ranges_it_holds(
     verdict = check_completion(task.ledger, task.name, {None: task.store})
     assert verdict.state == "failed"
     assert verdict.corrupted == ["arch.1.40-49", "arch.1.50-59", "arch.2.0-9", "arch.2.10-19"]
+
+
+def test_a_member_whose_stream_is_damaged_is_an_archive_error(tmp_path: Path) -> None:
+    archive = tmp_path / "outputs.zip"
+    payload = bytes(range(256)) * 400
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as opened:
+        opened.writestr("HITS.task.1.0-9.root", payload)
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"HITS.task.1.0-9.root") + len("HITS.task.1.0-9.root")
+    for offset in range(start + 10, start + 60):  # the deflate stream, not the headers
+        data[offset] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with ArchiveReader(archive) as reader, pytest.raises(ArchiveError, match="cannot read member"):
+        reader.extract("HITS.task.1.0-9.root", tmp_path / "out.root")
+    assert not (tmp_path / "out.root").exists()
