@@ -13,13 +13,16 @@ import sys
 import uuid
 from pathlib import Path
 
+from event_service.client import DispatchError
+from event_service.envvars import TOKEN_ENV
 from event_service.spec import ObjectStoreSpec, TaskSpec
-from event_service.stores import ObjectStore, open_store
+from event_service.stores import ObjectStore, open_location
+from payload_runner.granted import GrantedUploads
 from payload_runner.runner import Runner, RunnerOptions, RunSummary
+from payload_runner.stageout import StageOutTarget
 from payload_runner.source import JobFile, JobFileSource, LedgerSource, RangeSource, ServerSource
 
 log = logging.getLogger("payload_runner")
-TOKEN_ENV = "EVENT_SERVICE_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-id", help="worker id (default: kept in the work directory)")
     parser.add_argument("--store", help="object store URL (default: the task's)")
     parser.add_argument("--store-endpoint", help="S3 endpoint URL for --store")
-    parser.add_argument("--batch", type=int, help="ranges claimed at a time (default: 2 x workers)")
+    parser.add_argument("--upload", choices=["auto", "direct", "presigned"], default="auto", help=(
+        "how outputs reach an S3 store: 'direct' with this node's credentials, 'presigned' through uploads "
+        "the dispatch API signs (no credentials on the node), 'auto' (default): presigned when this node has "
+        "no S3 credentials"))
+    parser.add_argument("--batch", type=int, help=(
+        "ranges claimed at a time, fixed (default: adapted to the ranges' duration, from 2 x workers up to "
+        "--max-batch, about --claim-ahead seconds of work per payload process)"))
+    parser.add_argument("--claim-ahead", type=float, default=2.0,
+                        help="seconds of work per payload process an adaptive claim asks for (default: 2)")
+    parser.add_argument("--max-batch", type=int, default=100, help="largest adaptive claim (default: 100)")
     parser.add_argument("--idle-timeout", type=float, help="leave after this many seconds without a range")
     parser.add_argument("--silence-timeout", type=float, default=600.0,
                         help="kill a payload that says nothing for this long while holding a range")
@@ -67,10 +79,37 @@ def _worker_id(workdir: Path, given: str | None) -> str:
 
 def _stores(spec: ObjectStoreSpec, override: str | None, endpoint: str | None) -> list[ObjectStore]:
     if override:
-        return [open_store(override, **({"endpoint_url": endpoint} if endpoint else {}))]
+        return [open_location(override, endpoint)]
     locations = [spec] + ([spec.failover] if spec.failover else [])
-    return [open_store(place.url, **({"endpoint_url": place.endpoint_url} if place.endpoint_url else {}))
-            for place in locations]
+    return [open_location(place.url, place.endpoint_url) for place in locations]
+
+
+def _has_s3_credentials() -> bool:
+    import boto3
+
+    return boto3.session.Session().get_credentials() is not None
+
+
+def _targets(args: argparse.Namespace, spec: ObjectStoreSpec, source: RangeSource,
+             worker: str) -> list[StageOutTarget]:
+    """The stage-out targets: the task's stores opened here, or uploads the dispatch API pre-signs."""
+    locations = [spec] + ([spec.failover] if spec.failover else [])
+    all_s3 = all(place.url.startswith("s3://") for place in locations)
+    presigned = args.upload == "presigned" or (
+        args.upload == "auto" and isinstance(source, ServerSource) and not args.store and all_s3
+        and not _has_s3_credentials())
+    if not presigned:
+        return list(_stores(spec, args.store, args.store_endpoint))
+    if not isinstance(source, ServerSource):
+        raise ValueError("--upload presigned needs --server: the dispatch API signs the uploads")
+    if args.store:
+        raise ValueError("--upload presigned goes to the task's own stores; drop --store")
+    if not all_s3:
+        raise ValueError(f"--upload presigned needs S3 stores; task {source.task!r} uses "
+                         f"{', '.join(place.url for place in locations)}")
+    log.info("outputs go up through uploads pre-signed by the dispatch API (no store credentials needed here)")
+    return [GrantedUploads(source, source.task, worker, place.url, failover=index > 0)
+            for index, place in enumerate(locations)]
 
 
 def resolve_command(argv: list[str]) -> list[str]:
@@ -90,7 +129,9 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--server needs --task and a token (--token or ${TOKEN_ENV})")
     if args.ledger and not args.task:
         parser.error("--ledger needs --task")
-    for name in ("workers", "batch", "stageout_threads"):
+    if not args.claim_ahead > 0:
+        parser.error(f"--claim-ahead must be a number of seconds above 0, got {args.claim_ahead}")
+    for name in ("workers", "batch", "max_batch", "stageout_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -120,12 +161,13 @@ def run(args: argparse.Namespace) -> RunSummary:
     if not command:
         raise ValueError("no payload command: give --payload or name one in the job file")
     argv = resolve_command(shlex.split(command))
-    options = RunnerOptions(workers=args.workers, batch=args.batch, idle_timeout_s=args.idle_timeout,
+    options = RunnerOptions(workers=args.workers, batch=args.batch, claim_ahead_s=args.claim_ahead,
+                            max_batch=args.max_batch, idle_timeout_s=args.idle_timeout,
                             silence_s=args.silence_timeout, grace_s=args.grace, max_restarts=args.max_restarts,
                             stageout_threads=args.stageout_threads, report_interval_s=args.report_interval,
                             outage_s=args.outage_timeout)
-    runner = Runner(source, argv, _stores(store_spec, args.store, args.store_endpoint), workdir,
-                    _worker_id(workdir, args.worker_id), options)
+    worker_id = _worker_id(workdir, args.worker_id)
+    runner = Runner(source, argv, _targets(args, store_spec, source, worker_id), workdir, worker_id, options)
     log.info("runner %s: task %s, %d x %s, work directory %s, store %s", runner.worker_id, task, args.workers,
              command, workdir, runner.stageout.store_url)
     return runner.run()
@@ -138,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(args)
+    except DispatchError as exc:  # a wrong or revoked token, an unknown task: the server's words
+        print(f"payload-runner: the dispatch API refused: {exc.detail} (HTTP {exc.status})", file=sys.stderr)
+        return 2
     except (ValueError, KeyError, ConnectionError, OSError) as exc:
         print(f"payload-runner: {exc}", file=sys.stderr)
         return 2

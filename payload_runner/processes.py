@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from event_service.envvars import TOKEN_ENV
 from event_service.models import ClaimedRange
 from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
 
@@ -40,6 +41,12 @@ class PayloadProcess:
     in_flight: ClaimedRange | None = None
     range_started: float = 0.0
     told_no_more: bool = False
+    folder: Path = field(init=False)  # its own folder and its log, symbolic links resolved when it started:
+    real_log: Path = field(init=False)  # its outputs must stay in the former and not be the latter
+
+    def __post_init__(self) -> None:
+        self.folder = self.log_path.parent.resolve()
+        self.real_log = self.log_path.resolve()
 
     @property
     def peer(self) -> bytes:
@@ -78,7 +85,9 @@ class PayloadPool:
         folder = self.workdir / f"payload-{slot}"
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"payload.{self._generation}.log"
-        env = {**os.environ, CHANNEL_ENV: self.channel, PAYLOAD_ID_ENV: identity}
+        # The payload gets the runner's environment but not the task token: it talks to the runner, not the API.
+        env = {**{k: v for k, v in os.environ.items() if k != TOKEN_ENV}, CHANNEL_ENV: self.channel,
+               PAYLOAD_ID_ENV: identity}
         with log_path.open("wb") as log_file:
             try:
                 popen = subprocess.Popen(self.command, cwd=folder, env=env, stdin=subprocess.DEVNULL,

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from event_service.models import WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState
+from event_service.models import IN_FLIGHT, WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState
 from event_service.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -22,15 +25,16 @@ from event_service.protocol import (
     ReadyForEvents,
     parse_payload_message,
 )
-from event_service.stores import ObjectStore
-from payload_runner.channel import RunnerChannel, channel_address
+from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
 from payload_runner.manifest import Manifest, PendingOutput
 from payload_runner.processes import PayloadPool, PayloadProcess
 from payload_runner.source import RangeSource
-from payload_runner.stageout import StageOut, StageOutJob, StageOutResult
+from payload_runner.stageout import StageOut, StageOutJob, StageOutResult, StageOutTarget
 
 log = logging.getLogger(__name__)
 
+DRAIN_MESSAGES = 32  # payload messages handled in one turn of the loop, at most
+UPLOAD_ROUNDS = 3  # stage-outs of one output (each with its own retries) before its range fails
 EXIT_CODES = {"done": 0, "cancelled": 0, "drained": 0, "idle": 0, "stageout_failed": 3, "payload_failed": 4}
 
 
@@ -39,7 +43,9 @@ class RunnerOptions:
     """How a runner behaves; the defaults suit a grid node."""
 
     workers: int = 1
-    batch: int | None = None  # ranges claimed at a time; default twice the payload processes
+    batch: int | None = None  # ranges claimed at a time, fixed; None: adapted to how long ranges take
+    claim_ahead_s: float = 2.0  # adaptive claims: about this many seconds of work per payload process
+    max_batch: int = 100  # adaptive claims: at most this many ranges at a time
     idle_timeout_s: float | None = None  # exit when no range came for this long while others hold them
     silence_s: float = 600.0  # kill a payload that holds a range and says nothing for this long
     grace_s: float = 30.0  # on a drain, how long in-flight ranges may still finish
@@ -72,6 +78,7 @@ class RunSummary:
     staged_bytes: int = 0
     upload_s: float = 0.0
     restarts: int = 0
+    reuploads: int = 0  # outputs kept after a failed stage-out (an object-store outage) and uploaded again
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -85,13 +92,14 @@ class RunSummary:
 class Runner:
     """One runner: one task, one worker id, N payload processes sharing one queue of claimed ranges."""
 
-    def __init__(self, source: RangeSource, command: list[str], stores: list[ObjectStore], workdir: Path,
+    def __init__(self, source: RangeSource, command: list[str], stores: Sequence[StageOutTarget], workdir: Path,
                  worker_id: str, options: RunnerOptions | None = None) -> None:
         self.source = source
         self.options = options or RunnerOptions()
         self.workdir = workdir.resolve()
         self.worker_id = worker_id
         self.batch = self.options.batch or 2 * self.options.workers
+        self.range_s: float | None = None  # moving average of a range's time in a payload, hand-over included
         self.summary = RunSummary(task=source.task, worker=worker_id)
         self.stageout = StageOut(source.task, stores, threads=self.options.stageout_threads,
                                  retries=self.options.upload_retries, backoff_s=self.options.upload_backoff_s)
@@ -100,6 +108,8 @@ class Runner:
         self.waiting: deque[bytes] = deque()
         self.updates: list[RangeUpdate] = []
         self.staged: dict[tuple[str, int], Path] = {}  # reported outputs' local files, removed once reported
+        self.deferred: list[tuple[StageOutJob, str]] = []  # outputs whose upload waits for the store to answer
+        self.upload_rounds: dict[tuple[str, int], int] = {}
         self.events_of: dict[str, int] = {}
         self.stop = threading.Event()  # a drain was asked for (signal, cancel, idle, failure)
         self.closing = threading.Event()  # the run is over: the heartbeat thread ends
@@ -142,6 +152,7 @@ class Runner:
                 self.pool.stop(grace_s=1.0)
             self.stageout.close(wait=True)
             self._collect(self.stageout.results())
+            self._fail_deferred()
             self._flush(force=True)
             self.manifest.close()
             self.source.close()
@@ -161,13 +172,27 @@ class Runner:
         self._claim(now)
         # Wait for payload messages, but not long when uploads are finishing with nothing else to do.
         tail = self.stageout.pending and not self.queue
-        received = self.channel.recv(timeout_s=0.02 if tail else 0.2)
-        if received is not None:
+        received = self._receive(0.02 if tail else 0.2)
+        # Then whatever else has arrived, before the housekeeping below: with short ranges messages come faster
+        # than one per turn of the loop would take them.
+        handled = 0
+        while received is not None:
             self._on_message(*received)
+            handled += 1
+            if handled == DRAIN_MESSAGES:
+                break
+            received = self._receive(0.0)
         self._watch_processes(time.monotonic())
         self._collect(self.stageout.results())
         self._flush()
         return not self._finished()
+
+    def _receive(self, timeout_s: float) -> tuple[bytes, str] | None:
+        try:
+            return self.channel.recv(timeout_s=timeout_s)
+        except ChannelFrameError as exc:  # not UTF-8, or not one frame: that payload cannot be trusted
+            self._on_bad_frame(exc)
+            return None
 
     def _finished(self) -> bool:
         if self.claiming or self.queue or (self.stageout.is_down and self.drain_deadline is None):
@@ -182,12 +207,26 @@ class Runner:
                     process.told_no_more = True
             self.waiting.clear()
             return False
-        return self.stageout.pending == 0 and not self.updates
+        return self.stageout.pending == 0 and not self.updates and not self.deferred
 
     # -- claiming and handing out ---------------------------------------------------------------------------
 
+    def _adapt_batch(self, seconds: float) -> None:
+        """Claim about ``claim_ahead_s`` of work per payload: short ranges in larger batches, fewer calls.
+
+        At least two ranges per payload process (one running, one waiting), at most ``max_batch``, and never
+        more than a tenth of the lease ahead, so claimed ranges do not sit in the queue for long."""
+        self.range_s = seconds if self.range_s is None else 0.8 * self.range_s + 0.2 * seconds
+        if self.options.batch is not None:
+            return
+        workers = self.options.workers
+        ahead = min(self.options.claim_ahead_s, self.source.lease_seconds / 10)
+        wanted = math.ceil(workers * ahead / max(self.range_s, 1e-3))
+        self.batch = max(2 * workers, min(self.options.max_batch, wanted))
+
     def _claim(self, now: float) -> None:
-        if not self.claiming or len(self.queue) > self.options.workers or now < self.next_claim:
+        # Claim again when the queue is down to half a batch (one range per payload with the smallest batch).
+        if not self.claiming or len(self.queue) > max(self.options.workers, self.batch // 2) or now < self.next_claim:
             return
         if self.summary.claimed == 0 and not self.waiting:
             return  # no lease starts ticking before a payload is up and asks for events
@@ -228,8 +267,12 @@ class Runner:
         else:
             self._back_off(now)
 
+    def _claims_paused(self) -> bool:
+        """Claiming stopped only while the object store is down: it resumes when the store answers again."""
+        return self.stageout.is_down and not self.task_over and self.drain_deadline is None
+
     def _holding(self) -> bool:
-        return bool(self.updates or self.stageout.pending
+        return bool(self.updates or self.stageout.pending or self.deferred
                     or any(p.in_flight for p in self.pool.processes.values()))
 
     def _back_off(self, now: float) -> None:
@@ -244,8 +287,9 @@ class Runner:
             process.in_flight = r
             process.range_started = time.monotonic()
             self._send(process, message.dump())
-        elif self.claiming:
-            self.waiting.append(process.peer)  # answered when the next claim brings ranges
+        elif self.claiming or self._claims_paused():
+            # Answered when the next claim brings ranges (after an object-store outage, too).
+            self.waiting.append(process.peer)
         else:
             self._send(process, NoMoreEvents().dump())
             process.told_no_more = True
@@ -257,6 +301,14 @@ class Runner:
             log.warning("cannot reach payload %s: %s", process.identity, exc)
 
     # -- payload messages -----------------------------------------------------------------------------------
+
+    def _on_bad_frame(self, exc: ChannelFrameError) -> None:
+        process = self.pool.processes.get(exc.peer) if exc.peer is not None else None
+        if process is None:
+            log.warning("unreadable message from unknown payload %r ignored: %s", exc.peer, exc)
+            return
+        log.error("payload %s: %s", process.identity, exc)
+        self._lose(process, "ERR_BAD_MESSAGE", str(exc), kill=True)
 
     def _on_message(self, peer: bytes, text: str) -> None:
         process = self.pool.processes.get(peer)
@@ -290,13 +342,19 @@ class Runner:
     def _on_output(self, process: PayloadProcess, message: OutputReport) -> None:
         r = process.in_flight
         if r is None or r.range_id != message.range_id:
-            log.error("payload %s reported output for %s, which it does not hold", process.identity,
-                      message.range_id)
+            log.error("payload %s reported output %s for range %s, which it was not given (it holds %s); "
+                      "report refused", process.identity, message.path, message.range_id,
+                      r.range_id if r is not None else "no range")
             return
         process.in_flight = None
-        path = (process.log_path.parent / message.path).resolve()
-        if not path.is_relative_to(self.workdir):
-            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR", f"output path {message.path!r} is outside {self.workdir}")
+        self._adapt_batch(time.monotonic() - process.range_started)
+        # Only a file in the payload's own folder: not the runner's manifest or worker id, not another slot's
+        # output, not the payload's log (the runner deletes what it has reported).
+        own = process.folder
+        path = Path(os.path.realpath(own / message.path))
+        if not path.is_relative_to(own) or path == process.real_log:
+            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR",
+                       f"output path {message.path!r} is outside the payload's folder {own} (or is its log)")
             return
         if not path.is_file():
             self._fail(r.range_id, r.attempt, "ERR_OUTPUT_MISSING", f"output file {path} does not exist")
@@ -369,11 +427,14 @@ class Runner:
                 self._send(process, NoMoreEvents().dump())
                 process.told_no_more = True
         self.waiting.clear()
+        if self.stageout.is_down:
+            self._fail_deferred()  # they cannot be uploaded within the grace period
 
     # -- stage-out and reports -----------------------------------------------------------------------------
 
     def _watch_stageout(self, now: float) -> None:
         if not self.stageout.is_down:
+            self._retry_deferred()
             if not self.claiming and not self.task_over and self.drain_deadline is None:
                 self.claiming = True  # the store is back
             return
@@ -390,18 +451,44 @@ class Runner:
             self.stop.set()
         elif now >= self.next_probe:
             self.next_probe = now + 5.0
-            self.stageout.probe()
+            if self.stageout.probe() and not self.task_over and self.drain_deadline is None:
+                self.claiming = True  # at once: with claiming off and the store up, the runner would end
 
     def _collect(self, results: list[StageOutResult]) -> None:
         for result in results:
             job = result.job
             if result.output is None:
-                self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", result.error or "stage-out failed")
+                error = result.error or "stage-out failed"
+                # A store that does not answer: keep the output (its lease stays renewed) and upload it again
+                # once the store answers, instead of throwing its CPU away. A refused upload is final.
+                if (self.drain_deadline is None and not result.final
+                        and self.upload_rounds.get((job.range_id, job.attempt), 0) < UPLOAD_ROUNDS - 1):
+                    self.deferred.append((job, error))
+                    continue
+                self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", error)
                 self.staged[(job.range_id, job.attempt)] = job.path
                 continue
             self.staged[(job.range_id, job.attempt)] = job.path
             self.updates.append(RangeUpdate(range_id=job.range_id, status="finished", output=result.output,
                                             cpu_s=job.cpu_s, wall_s=job.wall_s, attempt=job.attempt))
+
+    def _retry_deferred(self) -> None:
+        """The store answers: upload again the outputs whose stage-out failed."""
+        jobs, self.deferred = self.deferred, []
+        for job, error in jobs:
+            key = (job.range_id, job.attempt)
+            self.upload_rounds[key] = self.upload_rounds.get(key, 0) + 1
+            self.summary.reuploads += 1
+            log.info("uploading the output of %s again (round %d of %d; last time: %s)", job.range_id,
+                     self.upload_rounds[key] + 1, UPLOAD_ROUNDS, error)
+            self.stageout.submit(job)
+
+    def _fail_deferred(self) -> None:
+        """Outputs still waiting for the store fail their ranges, which are re-dispatched."""
+        for job, error in self.deferred:
+            self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", error)
+            self.staged[(job.range_id, job.attempt)] = job.path
+        self.deferred.clear()
 
     def _flush(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -424,6 +511,12 @@ class Runner:
                 if result.result == "rejected":
                     self.summary.rejected += 1
                     log.warning("range %s: %s", item.range_id, result.reason)
+                    if result.status in IN_FLIGHT:
+                        # An output refused on a range still in flight: give the attempt up, or the heartbeats
+                        # would keep the range leased with no output coming (another holder's is refused as is).
+                        self.updates.append(RangeUpdate(range_id=item.range_id, status="failed", attempt=item.attempt,
+                                                        error_code="ERR_OUTPUT_REJECTED",
+                                                        error=(result.reason or "output refused")[:4096]))
                 else:
                     self.summary.finished += 1
                     self.summary.events += self.events_of.get(item.range_id, 0)

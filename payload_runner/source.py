@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from event_service.client import DispatchClient
-from event_service.models import ClaimedRange, RangeInfo, RangeStatus, RangeUpdate, TaskState, UpdateResult
+from event_service.client import DispatchClient, DispatchError
+from event_service.models import (
+    ClaimedRange,
+    RangeInfo,
+    RangeStatus,
+    RangeUpdate,
+    TaskState,
+    UpdateResult,
+    UploadGrant,
+    UploadRequest,
+)
 from event_service.spec import ObjectStoreSpec, PayloadSpec, TaskSpec, describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -49,7 +59,11 @@ class ServerSource:
         self._client = DispatchClient(server, task, token)
         # Heartbeats come from their own thread, so they get their own HTTP session.
         self._beat_client = DispatchClient(server, task, token)
+        # Upload grants come from the stage-out threads: their own session, one request at a time.
+        self._grant_client = DispatchClient(server, task, token)
+        self._grant_lock = threading.Lock()
         self.lease_seconds = 60
+        self._unanswered_claim: str | None = None
 
     def spec(self) -> TaskSpec:
         return self._client.spec()
@@ -58,23 +72,59 @@ class ServerSource:
         """Announce a fresh start: ranges this worker id held in an earlier life go back to the task."""
         return self._client.heartbeat(self.worker, self.host, restarted=True).released
 
+    # A cancelled task's token is revoked: the server then answers 403 "token_revoked", which means stop.
+
     def claim(self, n: int) -> tuple[list[ClaimedRange], TaskState]:
-        reply = self._client.claim(self.worker, n, self.host)
+        # A claim that got no answer may have been made all the same: the next one repeats its id, and the
+        # server answers with that claim's ranges (see Ledger.claim) instead of leaving them to lapse.
+        claim_id = self._unanswered_claim or uuid.uuid4().hex
+        try:
+            reply = self._client.claim(self.worker, n, self.host, claim_id)
+        except (ConnectionError, OSError):  # DispatchUnavailableError (5xx) too
+            self._unanswered_claim = claim_id
+            raise
+        except DispatchError as exc:
+            if exc.token_revoked:
+                return [], TaskState.CANCELLED
+            raise
+        self._unanswered_claim = None
         self.lease_seconds = reply.lease_seconds
         return reply.ranges, reply.state
 
     def report(self, updates: Sequence[RangeUpdate]) -> list[UpdateResult]:
-        return self._client.update(self.worker, updates)
+        try:
+            return self._client.update(self.worker, updates)
+        except DispatchError as exc:
+            if exc.token_revoked:
+                return [UpdateResult(range_id=u.range_id, result="rejected", status=RangeStatus.CANCELLED,
+                                     reason=str(exc.detail)) for u in updates]
+            raise
 
     def range_info(self, range_id: str) -> RangeInfo | None:
         return self._client.range_info(range_id)
 
     def heartbeat(self) -> bool:
-        return self._beat_client.heartbeat(self.worker, self.host).command != "stop"
+        try:
+            return self._beat_client.heartbeat(self.worker, self.host).command != "stop"
+        except DispatchError as exc:
+            if exc.token_revoked:
+                return False
+            raise
+
+    def grant_upload(self, request: UploadRequest) -> UploadGrant:
+        """A pre-signed upload from the server, for runners without store credentials."""
+        with self._grant_lock:
+            return self._grant_client.grant_upload(request)
+
+    def ping(self) -> None:
+        """Raise ConnectionError unless the server answers."""
+        with self._grant_lock:
+            self._grant_client.health()
 
     def close(self) -> None:
         self._client.close()
         self._beat_client.close()
+        self._grant_client.close()
 
 
 class LedgerSource:

@@ -10,13 +10,32 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from event_service.models import OutputRef
-from event_service.stores import ObjectStore, object_key
+from event_service.stores import StoredObject, object_key
 
 log = logging.getLogger(__name__)
 
 FAILURES_BEFORE_FAILOVER = 2
+
+
+class StageOutTarget(Protocol):
+    """Where outputs go: an ObjectStore the runner writes with its own credentials, or GrantedUploads."""
+
+    @property
+    def url(self) -> str: ...
+
+    def put(self, key: str, path: Path) -> StoredObject:
+        """Store ``path`` under ``key`` with its adler32 and size; raise on failure. A PermissionError means
+        this upload may not happen at all (not a store failure)."""
+        ...
+
+    def head(self, key: str) -> object:
+        """Used as a probe: raise while the store does not answer."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,7 @@ class StageOutResult:
     job: StageOutJob
     output: OutputRef | None
     error: str | None = None
+    final: bool = False  # the upload may not happen at all (refused, not a store failure): do not try again
 
 
 class StageOut:
@@ -47,7 +67,7 @@ class StageOut:
     a probe of the store succeeds again.
     """
 
-    def __init__(self, task: str, stores: Sequence[ObjectStore], *, threads: int = 4, retries: int = 3,
+    def __init__(self, task: str, stores: Sequence[StageOutTarget], *, threads: int = 4, retries: int = 3,
                  backoff_s: float = 0.5) -> None:
         if not stores:
             raise ValueError("stage-out needs at least one object store")
@@ -66,7 +86,7 @@ class StageOut:
         self.upload_s = 0.0
 
     @property
-    def store(self) -> ObjectStore:
+    def store(self) -> StageOutTarget:
         return self._stores[self._active]
 
     @property
@@ -131,6 +151,8 @@ class StageOut:
                 started = time.perf_counter()
                 try:
                     stored = store.put(key, job.path)  # computes adler32 and size, verifies after upload
+                except PermissionError as exc:  # this upload may not happen (the range is no longer ours)
+                    return StageOutResult(job, None, f"{type(exc).__name__}: {exc}", final=True)
                 except Exception as exc:  # retried, then counted against the store
                     error = f"{type(exc).__name__}: {exc}"
                     log.warning("upload of %s to %s failed (try %d of %d): %s", key, store.url, attempt + 1,

@@ -89,8 +89,8 @@ def input_location(event_range: EventRangeMessage) -> tuple[str, dict[str, Any]]
     scheme = urlsplit(pfn).scheme.lower()
     if scheme in ("http", "https"):
         return pfn, {"handler": uproot.source.http.HTTPSource}
-    if scheme == "root":
-        return pfn, {}
+    if scheme == "root":  # uproot's default for root:// is fsspec-xrootd; XRootD's own client is what we have
+        return pfn, {"handler": uproot.source.xrootd.XRootDSource}
     if scheme == "file":
         parts = urlsplit(pfn)
         if parts.netloc not in ("", "localhost"):

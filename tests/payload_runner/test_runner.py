@@ -57,7 +57,9 @@ def test_a_runner_processes_a_whole_task(dispatch: Dispatch, evnt: list[InputFil
 
 
 def test_two_runners_share_one_task(sqlite_dispatch: Dispatch, evnt: list[InputFile], tmp_path: Path) -> None:
-    token = sqlite_dispatch.create(evnt, per_range=5)
+    # 0.5 s of payload CPU per range: one runner alone needs at least 12 s for the task, far longer than the
+    # other's start-up even on a loaded machine, so both get ranges (at 5 ms a range one could take them all).
+    token = sqlite_dispatch.create(evnt, per_range=5, payload={"command": "toysim --cost-ms 100"})
     runners = [sqlite_dispatch.runner(token, tmp_path / f"w{n}", "--batch", "2") for n in (1, 2)]
     outs = [process.communicate(timeout=120)[0] for process in runners]
     assert [p.returncode for p in runners] == [0, 0]
@@ -247,3 +249,24 @@ def test_a_runner_works_on_the_ledger_directly(dispatch: Dispatch, evnt: list[In
     assert summary(done.stdout)["finished"] == 12
     assert counts(dispatch.ledger) == {"finished": 12}
     assert event_numbers_of_outputs(dispatch.ledger, tmp_path / "objects") == Counter(range(1, 121))
+
+
+def test_a_cancelled_tasks_runner_stops_on_its_revoked_token(sqlite_dispatch: Dispatch, evnt: list[InputFile],
+                                                             tmp_path: Path) -> None:
+    token = sqlite_dispatch.create(evnt, payload={"command": "toysim --cost-ms 50"})
+    process = sqlite_dispatch.runner(token, tmp_path / "w1", "--workers", "2")
+    try:
+        wait_for(lambda: counts(sqlite_dispatch.ledger).get("finished", 0) >= 1, what="a finished range")
+        sqlite_dispatch.ledger.cancel("rt", by="admin")
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, sqlite_dispatch.log(tmp_path / "w1")
+    assert summary(out)["reason"] == "cancelled"
+    # A runner started afterwards is refused at once, with the server's reason.
+    code, _ = sqlite_dispatch.run(token, tmp_path / "w2")
+    assert code == 2
+    assert ("the dispatch API refused: task 'rt' was cancelled: its token is revoked (HTTP 403)"
+            in sqlite_dispatch.log(tmp_path / "w2"))

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uproot
 
 from event_service.spec import InputFile
@@ -77,3 +78,54 @@ def test_outputs_are_staged_out_to_s3(sqlite_dispatch: Dispatch, evnt: list[Inpu
     assert len(keys) == 12 and all(key.startswith(f"{PREFIX}/rt/") for key in keys)  # nothing else written
     assert result["staged_bytes"] == sum(row.size or 0 for row in rows)
     assert not list(workdir.glob("payload-*/HITS.*.root"))  # reported outputs are removed locally
+
+
+def no_credentials_environment(tmp_path: Path) -> dict[str, str]:
+    """This environment without any AWS_* variable and with no ~/.aws to find: a node holding no S3 secret."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    empty = tmp_path / "empty-home"
+    empty.mkdir(exist_ok=True)
+    env.update(HOME=str(empty), AWS_CONFIG_FILE=str(empty / "config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(empty / "credentials"), AWS_EC2_METADATA_DISABLED="true",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_a_runner_without_store_credentials_stages_out_through_presigned_uploads(
+        sqlite_dispatch: Dispatch, evnt: list[InputFile], s3_server: S3Server, s3_bucket: str,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The dispatch API (served in this process) holds the store's credentials; the runner's node does not.
+    for name, value in aws_environment(s3_server).items():
+        monkeypatch.setenv(name, value)
+    token = sqlite_dispatch.create(evnt, object_store={"url": f"s3://{s3_bucket}/{PREFIX}",
+                                                       "endpoint_url": s3_server.endpoint_url})
+    workdir = tmp_path / "w1"
+    code, out = run_runner(sqlite_dispatch, token, workdir, no_credentials_environment(tmp_path),
+                           "--workers", "2", "--outage-timeout", "20")
+    assert code == 0, sqlite_dispatch.log(workdir)
+    assert "pre-signed by the dispatch API" in sqlite_dispatch.log(workdir)
+    result = summary(out)
+    assert (result["reason"], result["finished"], result["events"], result["failed"]) == ("done", 12, 120, 0)
+
+    # Each object holds the bytes the runner reported: the signature bound its adler32 and size.
+    rows = sqlite_dispatch.ledger.finished_ranges("rt")
+    seen: Counter[int] = Counter()
+    with S3Store(s3_bucket, PREFIX, endpoint_url=s3_server.endpoint_url, region=s3_server.region,
+                 access_key=s3_server.access_key, secret_key=s3_server.secret_key) as store:
+        for row in rows:
+            assert row.output_key is not None and row.output_key.startswith("rt/")
+            local = tmp_path / "downloads" / row.output_key
+            stored = store.get(row.output_key, local)  # checks the bytes against the recorded adler32 and size
+            assert (stored.adler32, stored.size) == (row.adler32, row.size), row.range_id
+            with uproot.open(local) as opened:
+                seen.update(int(n) for n in opened["events"]["event_number"].array(library="np"))
+    assert seen == Counter(range(1, 121))
+
+
+def test_presigned_uploads_need_an_s3_store(sqlite_dispatch: Dispatch, evnt: list[InputFile],
+                                            tmp_path: Path) -> None:
+    token = sqlite_dispatch.create(evnt)  # a local directory: nothing to sign
+    code, _ = run_runner(sqlite_dispatch, token, tmp_path / "w1", no_credentials_environment(tmp_path),
+                         "--upload", "presigned")
+    assert code == 2
+    assert "--upload presigned needs S3 stores; task 'rt' uses file://" in sqlite_dispatch.log(tmp_path / "w1")
