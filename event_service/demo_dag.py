@@ -83,7 +83,8 @@ def validate(workdir: Path, events: int) -> dict[str, Any]:
         "ranges": status.ranges,
         "ranges_finished": status.counts["finished"] + status.counts["merged"],
         "events_merged": sum(entry.events for entry in entries),
-        "outputs": [{"url": e.location, "events": e.events, "adler32": e.adler32, "size": e.size} for e in entries],
+        "outputs": [{"url": e.location, "events": e.events, "adler32": e.adler32, "size": e.size,
+                     "certification": e.certification, "validation": e.validation} for e in entries],
         "validated": seen == Counter(range(1, events + 1)),
     }
 

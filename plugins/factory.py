@@ -43,6 +43,7 @@ class FactorySettings:
     pilot_retries: int = 2
     poll_interval: float = 10.0
     stall_timeout: float = 600.0
+    check_inputs: bool = True
 
     @classmethod
     def from_config(cls, default_tasks_folder: Path) -> FactorySettings:
@@ -60,6 +61,7 @@ class FactorySettings:
             pilot_retries=int(get("pilot_retries", "2")),
             poll_interval=float(get("poll_interval", "10")),
             stall_timeout=float(get("stall_timeout", "600")),
+            check_inputs=get("check_inputs", "true").lower() in ("1", "true", "yes"),
         )
 
 
@@ -111,7 +113,8 @@ def build_dag(spec: TaskSpec, settings: FactorySettings, source: str) -> DAG:
         stores = {**conns, "store_conn_id": settings.store_conn_id}
         register = RegisterTaskOperator(task_id="register_task", spec=spec.model_dump(mode="json"),
                                         workers="{{ params.workers }}",
-                                        events_per_range="{{ params.events_per_range }}", **conns)
+                                        events_per_range="{{ params.events_per_range }}",
+                                        check_inputs=settings.check_inputs, **stores)
         pilots = RunPilotOperator.partial(
             task_id="run_pilot", task_name=spec.name, dispatch_conn_id=settings.dispatch_conn_id,
             payload_workers=settings.payload_workers, retries=settings.pilot_retries,

@@ -1,4 +1,4 @@
-"""The Airflow plugin: the dispatch API mounted on Airflow's API server under /event-service."""
+"""The Airflow plugin: the dispatch API and its monitor page, mounted on Airflow's API server at /event-service."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV, create_app
+from event_service.api.auth import MONITOR_TOKEN_ENV
 from event_service.panda.router import PANDA_TOKEN_ENV
 from event_service.ledger import Ledger
+from event_service_airflow.hooks import ObjectStoreHook
+from event_service_airflow.monitor import EXTERNAL_VIEWS, airflow_ui_user
 
 URL_PREFIX = "/event-service"
 
@@ -41,7 +44,14 @@ def dispatch_app() -> Any:
     auth (task tokens, and the admin token from $EVENT_SERVICE_ADMIN_TOKEN or [event_service] admin_token)."""
     admin = os.environ.get(ADMIN_TOKEN_ENV) or conf.get("event_service", "admin_token", fallback=None) or None
     panda = os.environ.get(PANDA_TOKEN_ENV) or conf.get("event_service", "panda_token", fallback=None) or None
-    return create_app(_LedgerOnFirstUse(), admin, panda_token=panda)
+    monitor = (os.environ.get(MONITOR_TOKEN_ENV) or conf.get("event_service", "monitor_token", fallback=None)
+               or None)
+    app = create_app(_LedgerOnFirstUse(), admin, panda_token=panda, monitor_token=monitor)
+    app.state.reader_checks.append(airflow_ui_user)  # the monitor: whoever Airflow lets into its UI
+    store_conn_id = str(conf.get("event_service", "store_conn_id", fallback=ObjectStoreHook.default_conn_name))
+    # The monitor reads validation sets from normal storage with the store connection's credentials.
+    app.state.open_location = lambda url, endpoint_url: ObjectStoreHook(store_conn_id).get_store(url, endpoint_url)
+    return app
 
 
 class EventServicePlugin(AirflowPlugin):
@@ -49,3 +59,4 @@ class EventServicePlugin(AirflowPlugin):
 
     name = "event_service"
     fastapi_apps = [{"app": dispatch_app(), "url_prefix": URL_PREFIX, "name": "Event Service dispatch API"}]
+    external_views = EXTERNAL_VIEWS  # the monitor page in the navigation, and a tab on each DAG run

@@ -17,6 +17,7 @@ from airflow.sdk import DAG, Asset, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from event_service.catalog import catalog_entries
+from event_service.certify import JSON_SUFFIX, PNG_SUFFIX
 from event_service.errors import TaskNotFoundError
 from event_service.inputs import make_inputs
 from event_service.stores import open_store
@@ -146,5 +147,7 @@ def _clean(name: str, settings: FactorySettings, area: Path) -> None:
             with hook.get_store(spec.merge.output_url, spec.merge.endpoint_url) as storage:
                 for entry in catalog_entries(ledger, task=name):
                     storage.delete(entry.file_name)
+                    for suffix in (JSON_SUFFIX, PNG_SUFFIX):  # its validation histograms
+                        storage.delete(entry.file_name + suffix)
             ledger.delete_task(name)
     shutil.rmtree(area / "inputs" / name, ignore_errors=True)  # staged merged files went with <name>/

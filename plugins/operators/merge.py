@@ -10,6 +10,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from event_service.certify import certify_merged
 from event_service.merge import CorruptedOutputsError, merge_part, plan_merge, report_corrupted
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
@@ -65,9 +66,21 @@ class MergeOperator(BaseOperator):
                                                "to redo them.") from None
                     key = staging_key(self.task_name, merged.file_name)
                     stored = stores[None].put(key, merged.path)
+                    hook = ObjectStoreHook(self.store_conn_id)
+                    certified = certify_merged(merged.path, Path(tmp) / "validation", spec.merge,
+                                               lambda url: hook.get_store(url, spec.merge.endpoint_url))
+                    validation_keys = []
+                    for path in certified[1] if certified else []:
+                        validation_keys.append(staging_key(self.task_name, path.name))
+                        stores[None].put(validation_keys[-1], path)
             finally:
                 for store in stores.values():
                     store.close()
         self.log.info("merged %s: %d events from %d ranges, adler32 %s, %d bytes; staged as %s",
                       merged.file_name, merged.events, len(merged.range_ids), stored.adler32, stored.size, key)
-        return {**merged.to_dict(), "key": key}
+        certification = certified[0].certification if certified else None
+        if certified and certified[0].comparisons:
+            failed = [f"{c.name} (p = {c.p_value:.3g})" for c in certified[0].comparisons if not c.passed]
+            self.log.info("%s is %s against %s%s", merged.file_name, certification, certified[0].reference,
+                          f": {', '.join(failed)} below {certified[0].min_p_value}" if failed else "")
+        return {**merged.to_dict(), "key": key, "validation_keys": validation_keys, "certification": certification}

@@ -49,9 +49,15 @@ class RegisterOutputOperator(BaseOperator):
                         local = Path(tmp) / part["file_name"]
                         staging.get(part["key"], local)
                         merged = MergedFile.from_dict({**part, "path": str(local)})
-                        entry = register_output(ledger, self.task_name, merged, storage, spec.dataset)
+                        validation = []
+                        for key in part.get("validation_keys", []):
+                            validation.append(Path(tmp) / key.rsplit("/", 1)[-1])
+                            staging.get(key, validation[-1])
+                        entry = register_output(ledger, self.task_name, merged, storage, spec.dataset,
+                                                validation=validation, certification=part.get("certification"))
                         entries.append(entry)
-                        local.unlink()
+                        for path in (local, *validation):
+                            path.unlink()
                         self.log.info("registered %s: %d events, adler32 %s, %d bytes", entry.location,
                                       entry.events, entry.adler32, entry.size)
             finally:
@@ -60,7 +66,8 @@ class RegisterOutputOperator(BaseOperator):
             status = ledger.status(self.task_name)
         if not entries:
             raise AirflowException(f"task {self.task_name!r}: the merge produced no file to register")
-        outputs = [{"url": e.location, "events": e.events, "adler32": e.adler32, "size": e.size} for e in entries]
+        outputs = [{"url": e.location, "events": e.events, "adler32": e.adler32, "size": e.size,
+                    "certification": e.certification, "validation": e.validation} for e in entries]
         facts = {"task": self.task_name, "dataset": spec.dataset, "ranges": status.ranges,
                  "ranges_finished": status.counts["finished"] + status.counts["merged"],
                  "events_merged": sum(e.events for e in entries), "outputs": outputs}

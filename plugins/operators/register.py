@@ -8,9 +8,10 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from event_service.errors import SpecError, TaskNotFoundError
+from event_service.input_check import InputCheckError, require_readable_inputs
 from event_service.models import TaskState
 from event_service.spec import TaskSpec
-from event_service_airflow.hooks import LedgerHook
+from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 
 class RegisterTaskOperator(BaseOperator):
@@ -23,12 +24,38 @@ class RegisterTaskOperator(BaseOperator):
     template_fields = ("spec", "workers", "events_per_range")
 
     def __init__(self, *, spec: dict[str, Any], workers: int | str, events_per_range: int | str | None = None,
-                 ledger_conn_id: str = LedgerHook.default_conn_name, **kwargs: Any) -> None:
+                 ledger_conn_id: str = LedgerHook.default_conn_name,
+                 store_conn_id: str = ObjectStoreHook.default_conn_name, check_inputs: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
         self.workers = workers
         self.events_per_range = events_per_range
         self.ledger_conn_id = ledger_conn_id
+        self.store_conn_id = store_conn_id
+        self.check_inputs = check_inputs
+
+    def _check_reachable(self, spec: TaskSpec) -> None:
+        """Before a task is created: its inputs readable (``[event_service] check_inputs``), its stores answer."""
+        if self.check_inputs:
+            try:
+                checked = require_readable_inputs(spec.name, spec.inputs)
+            except InputCheckError as exc:
+                raise AirflowFailException(f"{exc}\nNothing was created.") from None
+            self.log.info("task %s: %d inputs checked%s", spec.name, len(spec.inputs) - len(checked.unchecked),
+                          f", {len(checked.unchecked)} s3:// inputs not opened" if checked.unchecked else "")
+        hook = ObjectStoreHook(self.store_conn_id)
+        failover = spec.object_store.failover
+        places = [("object_store", spec.object_store.url, spec.object_store.endpoint_url),
+                  *([("object_store.failover", failover.url, failover.endpoint_url)] if failover else []),
+                  ("merge.output_url", spec.merge.output_url, spec.merge.endpoint_url)]
+        for name, url, endpoint_url in places:
+            try:
+                with hook.get_store(url, endpoint_url) as store:
+                    store.head(f"{spec.name}/reachability-probe")
+            except OSError as exc:  # the stores' errors
+                raise AirflowFailException(f"task {spec.name!r}: {name} {url} cannot be used: {exc}\n"
+                                           "Nothing was created.") from None
 
     def _spec(self) -> TaskSpec:
         data = dict(self.spec)
@@ -48,6 +75,7 @@ class RegisterTaskOperator(BaseOperator):
             try:
                 record = ledger.task(spec.name)
             except TaskNotFoundError:
+                self._check_reachable(spec)
                 record, _ = ledger.create_task(spec)
                 self.log.info("created task %s: %d events in %d ranges of %d", spec.name, record.n_events,
                               record.n_ranges, spec.events_per_range)

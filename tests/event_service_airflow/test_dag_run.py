@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from event_service.catalog import catalog_entries
+from event_service.certify import Validation
 from event_service.ledger import Ledger
 
 EXE = Path(sys.executable).with_name("event-service")
@@ -26,6 +27,13 @@ def test_the_demo_dag_runs_merges_registers_and_validates(tmp_path: Path) -> Non
         entries = catalog_entries(ledger, task="demo")
     assert [e.file_name for e in entries] == ["demo.merged._000001.root", "demo.merged._000002.root"]
     assert all((tmp_path / "demo" / "results" / e.file_name).stat().st_size == e.size for e in entries)
+    # Each merged file's validation histograms lie beside it (no reference named: not certified either way).
+    for entry in entries:
+        assert entry.validation == f"{entry.location}.validation.json" and entry.certification is None
+        validation = Validation.model_validate_json(Path(entry.validation.removeprefix("file://")).read_text())
+        assert validation.events == entry.events
+        assert {h.name for h in validation.histograms} >= {"nhits", "edep_sum", "mean(hit_edep)"}
+        assert Path(entry.location.removeprefix("file://") + ".validation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_preproduction_dag_passes_records_and_cleans_up(tmp_path: Path) -> None:
