@@ -1,4 +1,4 @@
-"""Airflow on PostgreSQL with LocalExecutor, its four components run as processes on 127.0.0.1 (tests, benchmarks)."""
+"""Airflow on PostgreSQL with LocalExecutor or CeleryExecutor, its components run as processes on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -100,6 +100,24 @@ class ClusterConfig:
     command_timeout: float = 180.0
     """Seconds any one ``airflow`` command may take."""
     settings: dict[str, str] = dataclasses.field(default_factory=dict)
+    executor: str = "LocalExecutor"
+    """``LocalExecutor``, or ``CeleryExecutor`` with ``celery_workers`` ``airflow celery worker`` processes."""
+    celery_broker_url: str | None = None
+    """The Celery broker (a Redis URL) for ``CeleryExecutor``; results go to the metadata database."""
+    celery_workers: int = 2
+    celery_concurrency: int = 4
+
+
+WORKER_NAME_ENV = "EVENT_SERVICE_TEST_WORKER"
+
+
+def worker_hostname() -> str:
+    """Airflow's ``hostname_callable`` for the cluster's Celery workers: this host's name and the worker's, so
+    that ``task_instance.hostname`` tells which of several workers on one machine ran a task."""
+    import socket
+
+    worker = os.environ.get(WORKER_NAME_ENV)
+    return f"{socket.gethostname()}-{worker}" if worker else socket.gethostname()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +184,7 @@ class AirflowCluster:
             "AIRFLOW_HOME": str(config.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(config.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": config.executor,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": make_url(config.metadata_url).set(
                 drivername="postgresql+psycopg2").render_as_string(hide_password=False),
@@ -194,6 +212,17 @@ class AirflowCluster:
         })
         if config.parallelism is not None:
             env["AIRFLOW__CORE__PARALLELISM"] = str(config.parallelism)
+        if config.executor == "CeleryExecutor":
+            if config.celery_broker_url is None:
+                raise ValueError("CeleryExecutor needs celery_broker_url (a Redis URL)")
+            env.update({
+                "AIRFLOW__CELERY__BROKER_URL": config.celery_broker_url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + make_url(config.metadata_url).set(
+                    drivername="postgresql").render_as_string(hide_password=False),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(config.celery_concurrency),
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.airflow_cluster.worker_hostname",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            })
         if config.tasks_folder is not None:
             env["AIRFLOW__EVENT_SERVICE__TASKS_FOLDER"] = str(config.tasks_folder)
         if config.s3 is not None:
@@ -227,11 +256,13 @@ class AirflowCluster:
     def log_path(self, component: str) -> Path:
         return self.log_dir / f"{component}.log"
 
-    def _spawn(self, component: str, *args: str) -> None:
-        with self.log_path(component).open("ab") as log:
-            self.processes[component] = subprocess.Popen(
-                [str(AIRFLOW), component, *args], env=self.env, cwd=self.config.home, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    def _spawn(self, component: str, *args: str, name: str | None = None,
+               env: Mapping[str, str] | None = None) -> None:
+        name = name or component
+        with self.log_path(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [str(AIRFLOW), component, *args], env={**self.env, **(env or {})}, cwd=self.config.home,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> None:
         """Migrate the metadata database, start the four components, wait until the api-server answers."""
@@ -245,6 +276,12 @@ class AirflowCluster:
         self._spawn("scheduler", "--skip-serve-logs")
         self._spawn("dag-processor")
         self._spawn("triggerer", "--skip-serve-logs")
+        if self.config.executor == "CeleryExecutor":
+            for index in range(1, self.config.celery_workers + 1):
+                worker = f"worker{index}"
+                self._spawn("celery", "worker", "--celery-hostname", f"{worker}@%h", "--concurrency",
+                            str(self.config.celery_concurrency), "--skip-serve-logs", "--without-mingle",
+                            "--without-gossip", name=f"celery-{worker}", env={WORKER_NAME_ENV: worker})
         self.wait_until(self._api_ready, "the api-server and the mounted dispatch API answer",
                         max(1.0, deadline - time.monotonic()))
 

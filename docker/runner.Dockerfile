@@ -1,0 +1,25 @@
+# The slim runner image: `payload-runner` and the reference payload `toysim`, no Airflow. A site runs any
+# number of these; each joins a task over HTTP with the task's token (EVENT_SERVICE_TOKEN).
+# Build context: the repository root, e.g. `docker build -f docker/runner.Dockerfile -t event-service-runner .`
+FROM python:3.11-slim
+
+# The package depends on apache-airflow (for its Airflow layer), which the runner never imports: install the
+# runner's own dependencies from docker/runner-requirements.txt, then the package itself with --no-deps.
+COPY docker/runner-requirements.txt /tmp/runner-requirements.txt
+RUN pip install --no-cache-dir -r /tmp/runner-requirements.txt && rm /tmp/runner-requirements.txt
+
+COPY pyproject.toml README.md /src/
+COPY event_service /src/event_service
+COPY payload_runner /src/payload_runner
+COPY plugins /src/plugins
+RUN pip install --no-cache-dir --no-deps /src && rm -rf /src
+
+RUN useradd --create-home --uid 1000 runner && mkdir -p /scratch /data && chown runner /scratch /data
+USER 1000
+WORKDIR /scratch
+ENV PYTHONUNBUFFERED=1
+
+# The token comes from EVENT_SERVICE_TOKEN (never the command line); the compose file adds
+# --server, --task, --workers and --workdir.
+ENTRYPOINT ["payload-runner"]
+CMD ["--help"]
