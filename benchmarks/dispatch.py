@@ -41,9 +41,10 @@ def make_spec(name: str, n_ranges: int) -> TaskSpec:
     })
 
 
-def finished_item(rng: dict[str, Any]) -> dict[str, Any]:
+def finished_item(task: str, rng: dict[str, Any]) -> dict[str, Any]:
+    """A report as a runner sends it: the output under the task's own prefix (the API refuses any other)."""
     return {"range_id": rng["range_id"], "status": "finished", "cpu_s": 0.9, "wall_s": 1.0,
-            "output": {"key": f"bench/{rng['range_id']}.{rng['attempt']}.root", "adler32": "0a1b2c3d",
+            "output": {"key": f"{task}/{rng['range_id']}/{rng['attempt']}/HITS.root", "adler32": "0a1b2c3d",
                        "size": 102400}}
 
 
@@ -66,7 +67,7 @@ def api_client(url: str, task: str, token: str, worker: str, batch: int, start: 
             break
         t0 = time.perf_counter()
         reply = session.post(f"{url}/api/v1/tasks/{task}/update", timeout=60,
-                             json={"worker": worker, "updates": [finished_item(r) for r in ranges]})
+                             json={"worker": worker, "updates": [finished_item(task, r) for r in ranges]})
         reply.raise_for_status()
         updates.append(time.perf_counter() - t0)
         assert all(r["result"] == "accepted" for r in reply.json()["results"]), reply.text[:300]
