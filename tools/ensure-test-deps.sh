@@ -7,6 +7,8 @@ REQUIREMENTS=(
   "postgresql|compgen -G '/usr/lib/postgresql/*/bin/initdb'"
   "xrootd-server|command -v xrootd"
   "xrootd-client|command -v xrdcp"
+  "redis-server|command -v redis-server"
+  "chromium|command -v chromium"
 )
 
 log() { printf 'ensure-test-deps: %s\n' "$*" >&2; }
