@@ -1,4 +1,4 @@
-"""Merge: 1,000 range outputs into one file with merge_part, against reading and writing the same bytes."""
+"""Merge: 1,000 range outputs into one file with merge_part (uproot, or ROOT's hadd), against copying the bytes."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 from event_service.ledger import RangeOutput  # noqa: E402
 from event_service.merge import MergedFile, merge_part, plan_merge  # noqa: E402
+from event_service.merge_hadd import HaddNotFoundError, find_hadd  # noqa: E402
 from event_service.models import RangeStatus  # noqa: E402
 from event_service.stores import LocalStore  # noqa: E402
 from payload_runner.payloads.toysim import LAYER_RADII_CM, write_output  # noqa: E402
 
 TASK = "bench-merge"
+HADD = "hadd"  # the leg that merges with event-service-hadd (ROOT's hadd, fast cloning)
+HADD_COMMAND = str(Path(sys.executable).with_name("event-service-hadd"))
 MEAN_HITS = 82  # toysim's mean hits per event with make-input's generator events (measured)
 
 
@@ -89,14 +92,19 @@ def copy_baseline(sources: list[Path], dest: Path) -> float:
     return elapsed
 
 
-def timed_merge(outputs: list[RangeOutput], store: LocalStore, workdir: Path, compression: str,
+def timed_merge(outputs: list[RangeOutput], store: LocalStore, workdir: Path, leg: str,
                 profile: bool) -> tuple[float, MergedFile]:
+    """One merge of every output into one file: ``leg`` is a compression setting of the default (uproot)
+    merge, or HADD."""
     part = plan_merge(outputs, TASK, 10**12)[0]
     profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
     if profiler is not None:
         profiler.enable()
-    merged = merge_part(part, {None: store}, workdir, compression=compression)
+    if leg == HADD:
+        merged = merge_part(part, {None: store}, workdir, HADD_COMMAND)
+    else:
+        merged = merge_part(part, {None: store}, workdir, compression=leg)
     if profiler is not None:
         profiler.disable()
     elapsed = time.perf_counter() - start
@@ -124,7 +132,7 @@ class Result:
         return self.merge_s / self.copy_s
 
 
-def bench_size(tmp: Path, ranges: int, per_range: int, compressions: list[str], rounds: int,
+def bench_size(tmp: Path, ranges: int, per_range: int, merges: list[str], rounds: int,
                profile: bool) -> list[Result]:
     """Each round runs the copy and a merge per compression setting, in an order that rotates."""
     store = LocalStore(tmp / f"store-{per_range}")
@@ -132,9 +140,9 @@ def bench_size(tmp: Path, ranges: int, per_range: int, compressions: list[str], 
     outputs = make_outputs(store, tmp / "scratch", ranges, per_range)
     sources = [store.path(output.key) for output in outputs]
     print(f"  {ranges} outputs of {per_range} events made in {time.perf_counter() - made:.1f} s", flush=True)
-    legs = ["copy", *compressions]
+    legs = ["copy", *merges]
     times: dict[str, list[float]] = {leg: [] for leg in legs}
-    checksums: dict[str, set[str]] = {leg: set() for leg in compressions}
+    checksums: dict[str, set[str]] = {leg: set() for leg in merges}
     sizes: dict[str, int] = {}
     for round_number in range(rounds):
         for leg in legs[round_number % len(legs):] + legs[:round_number % len(legs)]:
@@ -151,7 +159,7 @@ def bench_size(tmp: Path, ranges: int, per_range: int, compressions: list[str], 
     copy_s = statistics.median(times["copy"])
     shutil.rmtree(store.root)
     return [Result(per_range, ranges, leg, input_mb, sizes[leg] / 1e6, statistics.median(times[leg]), copy_s,
-                   len(checksums[leg]) == 1) for leg in compressions]
+                   len(checksums[leg]) == 1) for leg in merges]
 
 
 def main() -> int:
@@ -160,28 +168,37 @@ def main() -> int:
     parser.add_argument("--events", default="10,100,1000",
                         help="events per range, one size per comma-separated value")
     parser.add_argument("--compression", default="inputs,zstd:1",
-                        help="merged-file compression settings to measure, comma-separated (see merge_part)")
+                        help="the default merge's compression settings to measure, comma-separated (see merge_part)")
+    parser.add_argument("--no-hadd", action="store_true",
+                        help="skip the merge by event-service-hadd (measured when ROOT's hadd is found)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size, the legs' order rotating")
     parser.add_argument("--profile", action="store_true", help="print where the last merge of each size spent time")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp"), help="where the store and work directory go")
     args = parser.parse_args()
     print(f"merge benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, "
           f"load average {load_average()}", flush=True)
+    legs = args.compression.split(",")
+    if not args.no_hadd:
+        try:
+            print(f"hadd: {find_hadd()}", flush=True)
+            legs.append(HADD)
+        except HaddNotFoundError as exc:
+            print(f"not measuring the hadd merge: {exc}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="es-bench-merge-", dir=args.tmp))
     results = []
     try:
         for per_range in (int(value) for value in args.events.split(",")):
             print(f"size: {per_range} events per range", flush=True)
-            results += bench_size(tmp, args.ranges, per_range, args.compression.split(","), args.rounds,
-                                  args.profile)
+            results += bench_size(tmp, args.ranges, per_range, legs, args.rounds, args.profile)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average at the end {load_average()}")
-    print(f"| events/range | input MB ({args.ranges:,} files) | compression | merged MB | merge s | copy s "
+    print(f"| events/range | input MB ({args.ranges:,} files) | merge | merged MB | merge s | copy s "
           "| merge / copy | merge s per input MB | same adler32 every round |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
-        print(f"| {r.per_range:,} | {r.input_mb:,.1f} | {r.compression} | {r.output_mb:,.1f} | {r.merge_s:.2f} "
+        how = "hadd -fk (event-service-hadd)" if r.compression == HADD else f"uproot, {r.compression}"
+        print(f"| {r.per_range:,} | {r.input_mb:,.1f} | {how} | {r.output_mb:,.1f} | {r.merge_s:.2f} "
               f"| {r.copy_s:.3f} "
               f"| {r.ratio:.1f}x | {r.merge_s / r.input_mb:.3f} | {'yes' if r.deterministic else 'NO'} |")
     return 0

@@ -15,8 +15,12 @@ read back: its event numbers must be exactly the inputs', each once, in order. I
 ``command`` replaces the default merge; the contract is in ``event_service.merge_command``: the program is
 run as ``shlex.split(command) + ["--inputs", LIST, "--output", PATH]`` where LIST is a text file with one
 verified local input path per line in event order; exit code 0 and a file at PATH mean success, anything
-else raises MergeCommandError with the exit code and the end of its stderr. Its result is validated like the
-default merge's when it is a ROOT file with ``events/event_number``.
+else raises MergeCommandError with the exit code and the end of its stderr (``event-service-hadd``, in
+``event_service.merge_hadd``, runs ROOT's ``hadd`` so). A custom merge's events are checked in its result
+when that is a ROOT file with ``events/event_number``: the part's number of events, each once, means every
+input was right, and no input is parsed (that is most of a small file's merge time). When the result falls
+short, or the program fails, every input is read as the default merge reads them, to name the corrupted
+ranges; only if none is found does the merge fail with the program's or the validation's error.
 """
 
 from __future__ import annotations
@@ -314,6 +318,80 @@ def _validate(part: MergePart, path: Path, layout: TreeLayout | None,
     raise MergeValidationError(part.task, part.file_name, reason)
 
 
+def _raise_corrupted(part: MergePart, reasons: Mapping[str, str]) -> None:
+    if reasons:
+        ordered = {o.range_id: reasons[o.range_id] for o in part.outputs if o.range_id in reasons}
+        raise CorruptedOutputsError(part.task, part.file_name, ordered)
+
+
+def _expected_events(numbers: Sequence[np.ndarray[Any, Any] | None]) -> np.ndarray[Any, Any] | None:
+    known = [values for values in numbers if values is not None]
+    return np.concatenate(known) if known and len(known) == len(numbers) else None
+
+
+def _merge_by_default(part: MergePart, staged: Sequence[Staged | None], reasons: dict[str, str], produced: Path,
+                      setting: Compression | None | str, chunk_bytes: int
+                      ) -> tuple[np.ndarray[Any, Any] | None, TreeLayout | None]:
+    """The default merge: one pass over the inputs checks their events and writes the merged tree."""
+    uuid_seed = "\n".join((part.task, part.file_name, *part.range_ids))
+    with frozen_root_clock():
+        numbers, layout, writer = _check_inputs(part, staged, reasons, produced, setting, uuid_seed, chunk_bytes)
+        try:
+            duplicated = _duplicates(part.outputs, numbers)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        reasons.update((k, v) for k, v in duplicated.items() if k not in reasons)
+        if writer is not None:
+            writer.abort() if reasons else writer.close()
+    _raise_corrupted(part, reasons)
+    if writer is None:
+        raise MergeValidationError(part.task, part.file_name, "no input was written")
+    return _expected_events(numbers), layout
+
+
+def _merged_events_hold(part: MergePart, produced: Path) -> np.ndarray[Any, Any] | None:
+    """The merged file's event numbers when they show every input was right: the part's number of events, each
+    once. None when they do not, or when the file is not a ROOT file with ``events/event_number``."""
+    try:
+        found = event_numbers_of(produced)
+    except (UnreadableOutputError, UnsupportedTreeError):
+        return None
+    if found is None or len(found) != part.events or len(np.unique(found)) != len(found):
+        return None
+    return found
+
+
+def _merge_by_command(part: MergePart, staged: Sequence[Staged | None], reasons: dict[str, str], command: str,
+                      produced: Path, scratch: Path, timeout_s: float | None
+                      ) -> tuple[np.ndarray[Any, Any] | None, int | None]:
+    """A custom merge program over the verified inputs. The events are checked in the merged file: when it holds
+    the part's number of events, each once, every input was right and none is read. Otherwise (or when the
+    program fails) every input is read to name the corrupted ranges. Returns the event numbers (None where
+    unknown) and, when the merged file was already validated, its number of events."""
+    failure: MergeCommandError | None = None
+    if not reasons:
+        try:
+            run_merge_command(command, [item.path for item in staged if item is not None], produced, scratch,
+                              f"task {part.task!r}, {part.file_name}", timeout_s)
+        except MergeCommandError as exc:
+            failure = exc
+        if failure is None and all(item is not None and (not item.in_store or item.unchanged()) for item in staged):
+            found = _merged_events_hold(part, produced)
+            if found is not None:
+                return found, len(found)
+    numbers, _, _ = _check_inputs(part, staged, reasons, None, None, "", 0)
+    reasons.update((k, v) for k, v in _duplicates(part.outputs, numbers).items() if k not in reasons)
+    try:
+        _raise_corrupted(part, reasons)
+    except CorruptedOutputsError as exc:
+        raise exc from failure
+    if failure is not None:
+        raise failure
+    return _expected_events(numbers), None
+
+
 def merge_part(part: MergePart, stores: Mapping[str | None, ObjectStore], workdir: Path,
                command: str | None = None, *, command_timeout_s: float | None = None,
                compression: str = KEEP_COMPRESSION, stage_threads: int = STAGE_THREADS,
@@ -335,34 +413,17 @@ def merge_part(part: MergePart, stores: Mapping[str | None, ObjectStore], workdi
     scratch = workdir / f".{part.file_name}.{uuid.uuid4().hex}.merging"
     scratch.mkdir()
     try:
-        staged, reasons = stage_outputs(part.outputs, input_stores, scratch / "inputs",
-                                        copy_local=command is not None, threads=stage_threads)
+        staged, reasons = stage_outputs(part.outputs, input_stores, scratch / "inputs", threads=stage_threads)
         produced = scratch / part.file_name
-        uuid_seed = "\n".join((part.task, part.file_name, *part.range_ids))
-        with frozen_root_clock():
-            numbers, layout, writer = _check_inputs(part, staged, reasons, None if command else produced,
-                                                    setting, uuid_seed, chunk_bytes)
-            try:
-                duplicated = _duplicates(part.outputs, numbers)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            reasons.update((k, v) for k, v in duplicated.items() if k not in reasons)
-            if writer is not None:
-                writer.abort() if reasons else writer.close()
-        if reasons:
-            ordered = {o.range_id: reasons[o.range_id] for o in part.outputs if o.range_id in reasons}
-            raise CorruptedOutputsError(part.task, part.file_name, ordered)
-        known = [values for values in numbers if values is not None]
-        expected = np.concatenate(known) if len(known) == len(numbers) else None
+        expected: np.ndarray[Any, Any] | None
+        validated: int | None = None
         if command is not None:
-            run_merge_command(command, [item.path for item in staged if item is not None], produced, scratch,
-                              f"task {part.task!r}, {part.file_name}", command_timeout_s)
+            expected, validated = _merge_by_command(part, staged, reasons, command, produced, scratch,
+                                                    command_timeout_s)
             layout = None
-        elif writer is None:
-            raise MergeValidationError(part.task, part.file_name, "no input was written")
-        events = _validate(part, produced, layout, expected)
+        else:
+            expected, layout = _merge_by_default(part, staged, reasons, produced, setting, chunk_bytes)
+        events = validated if validated is not None else _validate(part, produced, layout, expected)
         adler32, size = adler32_file(produced)
         with open(produced, "rb+") as stream:
             os.fsync(stream.fileno())

@@ -2,7 +2,8 @@
 
 The contract: the program is run as ``shlex.split(command) + ["--inputs", LIST, "--output", PATH]``, where LIST
 is a text file (UTF-8) with one verified local input path per line, in event order, and PATH does not exist
-yet. Exit code 0 with a file at PATH is success; any other exit code, or no file at PATH, is a
+yet. An input may be a local object store's own file: the program must only read it (a changed input is
+found and its range marked corrupted). Exit code 0 with a file at PATH is success; any other exit code, or no file at PATH, is a
 MergeCommandError carrying the exit code and the end of the program's standard error. Its standard output is
 passed through. The working directory is the part's scratch directory. The result is then validated like the
 default merge's when it is a ROOT file with ``events/event_number``.

@@ -3,15 +3,14 @@
 A range output is good when its object exists, its bytes match the adler32 and size the store recorded, and
 those match what the ledger recorded. Anything else is a reason to mark the range corrupted; a store that
 cannot be reached is not (its error propagates, nothing is marked). Objects of a local store are verified
-where they are and read in place, unless the caller needs private copies: the store's ``get`` makes every
-download durable (an fsync per file), which costs more than the whole merge of a small file. An archive
+where they are and read in place (a custom merge program gets those paths too): the store's ``get`` makes
+every download durable (an fsync per file), which costs more than the whole merge of a small file. An archive
 holding several ranges' outputs is fetched and verified once, then each range's file is copied out of it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,8 +76,8 @@ def _fetch(output: RangeOutput, store: ObjectStore, dest: Path) -> Staged | str:
     return _against_ledger(output, store, stored.adler32, stored.size) or Staged(dest, False, signature_of(dest))
 
 
-def _verify_local(output: RangeOutput, store: LocalStore, dest: Path | None) -> Staged | str:
-    """Verify a local store's object in place (or a plain copy of it at ``dest``)."""
+def _verify_local(output: RangeOutput, store: LocalStore) -> Staged | str:
+    """Verify a local store's object in place."""
     try:
         stored = store.head(output.key)
     except StoreUnavailableError:
@@ -89,9 +88,6 @@ def _verify_local(output: RangeOutput, store: LocalStore, dest: Path | None) -> 
         return f"output missing: {store.url}: {output.key!r}: no complete object at {store.path(output.key)}"
     target = store.path(output.key)
     try:
-        if dest is not None:
-            shutil.copyfile(target, dest)
-            target = dest
         signature = signature_of(target)
         adler32, size = adler32_file(target)
     except FileNotFoundError:
@@ -101,15 +97,15 @@ def _verify_local(output: RangeOutput, store: LocalStore, dest: Path | None) -> 
                 f"and {size} bytes, the store recorded {stored.adler32} and {stored.size} bytes")
     if signature_of(target) != signature:
         return f"output changed in the store while it was verified: {store.url}: {output.key!r}"
-    return _against_ledger(output, store, adler32, size) or Staged(target, dest is None, signature)
+    return _against_ledger(output, store, adler32, size) or Staged(target, True, signature)
 
 
-def _stage_one(output: RangeOutput, store: ObjectStore, dest: Path, copy_local: bool) -> Staged | str:
+def _stage_one(output: RangeOutput, store: ObjectStore, dest: Path) -> Staged | str:
     if not output.key or not output.adler32 or output.size is None:
         return "the ledger records no output object, adler32 or size for it"
     try:
         if isinstance(store, LocalStore):
-            return _verify_local(output, store, dest if copy_local else None)
+            return _verify_local(output, store)
         return _fetch(output, store, dest)
     except InvalidKeyError as exc:
         return f"output key unusable: {exc}"
@@ -126,7 +122,7 @@ def _stage_archive(outputs: Sequence[RangeOutput], store: ObjectStore, archive_d
     except ChecksumMismatchError as exc:
         return [f"output damaged in the store: {exc} (an archive holding the outputs of {len(outputs)} ranges)"] \
             * len(outputs)
-    archive = _stage_one(first, store, archive_dest, False)
+    archive = _stage_one(first, store, archive_dest)
     if isinstance(archive, str):
         return [f"{archive} (an archive holding the outputs of {len(outputs)} ranges)"] * len(outputs)
     results: list[Staged | str] = []
@@ -150,9 +146,9 @@ def _stage_archive(outputs: Sequence[RangeOutput], store: ObjectStore, archive_d
 
 
 def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore], scratch: Path, *,
-                  copy_local: bool, threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
+                  threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
     """Stage and verify every output (``threads`` at a time) into ``scratch``; local stores' objects are used
-    in place unless ``copy_local``. Outputs inside an archive (``member`` set) are verified as the archive,
+    in place. Outputs inside an archive (``member`` set) are verified as the archive,
     once per archive, and copied out of it. Returns what was staged per output (None where it failed) and
     the reason each failed output is corrupted, by range id."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -165,7 +161,7 @@ def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore],
     results: list[Staged | str | None] = [None] * len(outputs)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="stage-in") as pool:
         single_results = pool.map(_stage_one, [outputs[i] for i in singles], [stores[i] for i in singles],
-                                  [dests[i] for i in singles], [copy_local] * len(singles))
+                                  [dests[i] for i in singles])
         archive_results = pool.map(
             lambda members: _stage_archive([outputs[i] for i in members], stores[members[0]],
                                            scratch / f"archive.{members[0]:06d}", [dests[i] for i in members]),

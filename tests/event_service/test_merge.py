@@ -514,7 +514,7 @@ def test_a_custom_command_merges_a_part(task: Task, tmp_path: Path, script: str)
     assert leftovers(tmp_path / "work") == [part.file_name]
 
 
-def test_a_custom_command_gets_verified_copies_in_event_order(task: Task, tmp_path: Path) -> None:
+def test_a_custom_command_gets_the_verified_files_in_event_order(task: Task, tmp_path: Path) -> None:
     record = tmp_path / "record.py"
     record.write_text("import sys, shutil\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
                       f"shutil.copyfile(args['--inputs'], {str(tmp_path / 'list.txt')!r})\n"
@@ -524,8 +524,7 @@ def test_a_custom_command_gets_verified_copies_in_event_order(task: Task, tmp_pa
     part = task.plan()[0]
     merged = merge_part(part, {None: task.store}, tmp_path / "work", command=f"{sys.executable} {record}")
     listed = [Path(line) for line in (tmp_path / "list.txt").read_text().splitlines()]
-    assert [p.name.split(".", 1)[1] for p in listed] == [f"{r}.root" for r in part.range_ids]
-    assert all(p.parent.parent.parent == tmp_path / "work" for p in listed)  # copies, not the store's files
+    assert listed == [task.object_path(r) for r in part.range_ids]  # a local store's own files, read in place
     assert merged.events == 50 and merged.first_event_number == 1 and merged.last_event_number == 50
     assert merged.size == 4 + sum(o.size for o in part.outputs)  # not a ROOT file: taken as it is
 
@@ -555,3 +554,52 @@ def test_a_failing_custom_command_reports_its_exit_code_and_stderr(task: Task, t
         merge_part(part, {None: task.store}, tmp_path / "work", command="no-such-merge-program --fast")
     assert leftovers(tmp_path / "work") == []
     assert all(task.status(r) == RangeStatus.FINISHED for r in part.range_ids)
+
+
+COPY_SCRIPT = '''
+import shutil, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+paths = open(args["--inputs"]).read().split()
+shutil.copyfile(paths[0], args["--output"])
+'''
+
+
+def test_a_custom_result_that_falls_short_has_every_input_read_to_find_the_culprits(task: Task,
+                                                                                    tmp_path: Path) -> None:
+    # The command's result holds one range's events, not the part's: the inputs are read, and the short one named.
+    part = task.plan()[1]
+    short = part.range_ids[3]
+    task.redo([short], lambda path, item, first, last: toysim_output(path, item, first, last - 2))
+    first_only = tmp_path / "first_only.py"
+    first_only.write_text(COPY_SCRIPT)
+    with pytest.raises(CorruptedOutputsError) as caught:
+        merge_part(task.plan()[1], {None: task.store}, tmp_path / "work", command=f"{sys.executable} {first_only}")
+    assert list(caught.value.reasons) == [short]
+    assert caught.value.reasons[short].startswith("holds 8 events, the range has 10")
+    assert leftovers(tmp_path / "work") == []
+
+
+def test_a_failing_command_over_a_bad_input_names_the_range(task: Task, tmp_path: Path, script: str) -> None:
+    # The input is not ROOT (its checksum is right: the payload wrote it so); the command fails on it, and the
+    # merge reports the range rather than the command.
+    part = task.plan()[0]
+    garbage = part.range_ids[1]
+    task.redo([garbage], lambda path, item, first, last: path.write_bytes(b"root" + os.urandom(3000)) and path)
+    with pytest.raises(CorruptedOutputsError) as caught:
+        merge_part(task.plan()[0], {None: task.store}, tmp_path / "work", command=script)
+    assert list(caught.value.reasons) == [garbage]
+    assert caught.value.reasons[garbage].startswith("unreadable: not a readable ROOT file")
+    assert isinstance(caught.value.__cause__, MergeCommandError) and caught.value.__cause__.exit_code == 1
+
+
+def test_a_command_that_changes_its_inputs_has_them_corrupted(task: Task, tmp_path: Path, script: str) -> None:
+    part = task.plan()[0]
+    touched = part.range_ids[2]
+    writer = tmp_path / "writes_input.py"
+    writer.write_text(f"import subprocess, sys, os\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+                      f"path = open(args['--inputs']).read().split()[2]\nos.utime(path, (1, 1))\n"
+                      f"sys.exit(subprocess.call({script.split()!r} + sys.argv[1:]))\n")
+    with pytest.raises(CorruptedOutputsError) as caught:
+        merge_part(part, {None: task.store}, tmp_path / "work", command=f"{sys.executable} {writer}")
+    assert list(caught.value.reasons) == [touched]
+    assert "changed in the store while it was merged" in caught.value.reasons[touched]
