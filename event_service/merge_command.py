@@ -1,18 +1,22 @@
 """A custom merge program in place of the default ROOT merge: how it is run and what counts as success.
 
-The contract: the program is run as ``shlex.split(command) + ["--inputs", LIST, "--output", PATH]``, where LIST
-is a text file (UTF-8) with one verified local input path per line, in event order, and PATH does not exist
-yet. An input may be a local object store's own file: the program must only read it (a changed input is
-found and its range marked corrupted). Exit code 0 with a file at PATH is success; any other exit code, or no file at PATH, is a
+The contract: the program is run as ``shlex.split(command) + ["--inputs", LIST, "--output", PATH]`` (a bare
+program name is looked up on the PATH, then beside the running Python), where LIST is a text file (UTF-8)
+with one verified local input path per line, in event order, and PATH does not exist yet. An input may be a
+local object store's own file: the program must only read it (a changed input is found and its range marked
+corrupted). Exit code 0 with a file at PATH is success; any other exit code, or no file at PATH, is a
 MergeCommandError carrying the exit code and the end of the program's standard error. Its standard output is
-passed through. The working directory is the part's scratch directory. The result is then validated like the
-default merge's when it is a ROOT file with ``events/event_number``.
+passed through. The working directory is the part's scratch directory. The result's events are then checked
+(see ``event_service.merge``) when it is a ROOT file with ``events/event_number``.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +59,10 @@ def run_merge_command(command: str, inputs: Sequence[Path], output: Path, scratc
         raise MergeCommandError(command, part, f"cannot split the command line: {exc}") from None
     if not argv:
         raise MergeCommandError(command, part, "the command is empty")
+    # A bare name is looked up on the PATH, then beside this Python: a virtualenv's programs (event-service-hadd)
+    # without the virtualenv on the PATH, as Airflow's components often run.
+    if os.sep not in argv[0]:
+        argv[0] = shutil.which(argv[0]) or shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
     listing = scratch / "inputs.txt"
     listing.write_text("".join(f"{path}\n" for path in inputs), encoding="utf-8")
     stderr_path = scratch / "merge-command.stderr"

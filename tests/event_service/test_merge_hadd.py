@@ -47,8 +47,8 @@ def test_hadd_is_found_in_the_root_package_when_it_is_not_on_the_path(monkeypatc
 def test_hadd_merges_a_part_like_the_default_merge_and_again_to_the_same_bytes(task: Task, tmp_path: Path) -> None:
     part = task.plan()[1]
     default = merge_part(part, {None: task.store}, tmp_path / "default")
-    first = merge_part(part, {None: task.store}, tmp_path / "hadd-1", command=str(ADAPTER))
-    again = merge_part(part, {None: task.store}, tmp_path / "hadd-2", command=str(ADAPTER))
+    first = merge_part(part, {None: task.store}, tmp_path / "hadd-1", command="event-service-hadd")
+    again = merge_part(part, {None: task.store}, tmp_path / "hadd-2", command="event-service-hadd")
     assert (first.events, first.first_event_number, first.last_event_number) == (50, 51, 100)
     assert (first.adler32, first.size) == adler32_file(first.path)
     assert (again.adler32, again.size) == (first.adler32, first.size)  # reproducible: a retry gives the same file
@@ -63,7 +63,7 @@ def test_hadd_over_an_output_short_of_events_names_that_range(task: Task, tmp_pa
     short = part.range_ids[4]
     task.redo([short], lambda path, item, first, last: toysim_output(path, item, first, last - 1))
     with pytest.raises(CorruptedOutputsError) as caught:
-        merge_part(task.plan()[0], {None: task.store}, tmp_path / "work", command=str(ADAPTER))
+        merge_part(task.plan()[0], {None: task.store}, tmp_path / "work", command="event-service-hadd")
     assert list(caught.value.reasons) == [short]
     assert caught.value.reasons[short].startswith("holds 9 events, the range has 10")
     assert leftovers(tmp_path / "work") == []
