@@ -221,7 +221,8 @@ def _clear_stale_scratch(workdir: Path, file_name: str) -> None:
 
 
 def _check_inputs(part: MergePart, staged: Sequence[Staged | None], reasons: dict[str, str],
-                  writer_at: Path | None, compression: Compression | None | str, uuid_seed: str, chunk_bytes: int
+                  writer_at: Path | None = None, compression: Compression | None | str = KEEP_COMPRESSION,
+                  uuid_seed: str = "", chunk_bytes: int = CHUNK_BYTES
                   ) -> tuple[list[np.ndarray[Any, Any] | None], TreeLayout | None, MergedTreeWriter | None]:
     """Read every staged input once, checking its events; with ``writer_at`` also write the default merge
     while no input has failed. Returns the event numbers per range (None where unknown)."""
@@ -381,7 +382,7 @@ def _merge_by_command(part: MergePart, staged: Sequence[Staged | None], reasons:
             found = _merged_events_hold(part, produced)
             if found is not None:
                 return found, len(found)
-    numbers, _, _ = _check_inputs(part, staged, reasons, None, None, "", 0)
+    numbers, _, _ = _check_inputs(part, staged, reasons)
     reasons.update((k, v) for k, v in _duplicates(part.outputs, numbers).items() if k not in reasons)
     try:
         _raise_corrupted(part, reasons)
