@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,34 @@ def _die_with_parent() -> None:
     """In the child: be killed when the runner dies, even by SIGKILL, so no payload is left orphaned."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PAYLOAD_FOLDER_GLOB = "payload-*"
+
+
+def clear_payload_folders(workdir: Path, keep: set[Path]) -> int:
+    """Remove what a previous run's payloads left in their folders, except the outputs in ``keep`` (being
+    recovered) and the payloads' logs. An output written but never reported (the runner died first) is not
+    in the manifest: its range goes back to the ledger when its lease lapses, and the file would only take
+    disk space for ever. Returns how many entries were removed."""
+    removed = 0
+    for folder in sorted(workdir.glob(PAYLOAD_FOLDER_GLOB)):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith("payload.") and entry.name.endswith(".log"):
+                continue
+            if any(kept == entry or kept.is_relative_to(entry) for kept in keep):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d entries that a previous run's payloads left in %s/%s", removed, workdir,
+                 PAYLOAD_FOLDER_GLOB)
+    return removed
 
 
 @dataclass

@@ -27,7 +27,7 @@ from event_service.protocol import (
 )
 from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
 from payload_runner.manifest import Manifest, PendingOutput
-from payload_runner.processes import PayloadPool, PayloadProcess
+from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
 from payload_runner.source import RangeSource
 from payload_runner.stageout import StageOut, StageOutJob, StageOutResult, StageOutTarget
 
@@ -129,6 +129,7 @@ class Runner:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         recovered = Manifest.pending(self.workdir)
+        clear_payload_folders(self.workdir, {Path(item.path) for item in recovered})
         Manifest.archive(self.workdir)
         self.manifest = Manifest(self.workdir)
         restore = self._install_signal_handlers()

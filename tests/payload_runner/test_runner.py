@@ -202,6 +202,22 @@ def test_recovery_skips_ranges_another_worker_finished(sqlite_dispatch: Dispatch
     assert not list((tmp_path / "w1").glob("payload-*/HITS.*.root"))
 
 
+def test_what_a_previous_run_left_unreported_in_the_payload_folders_is_removed(
+        sqlite_dispatch: Dispatch, evnt: list[InputFile], tmp_path: Path) -> None:
+    # What a runner killed between its payload's write and the report leaves: an output no manifest names.
+    folder = tmp_path / "w" / "payload-0"
+    (folder / "scratch").mkdir(parents=True)
+    (folder / "scratch" / "tmp.dat").write_bytes(b"x")
+    (folder / "HITS.rt.1.0-9.root").write_bytes(b"an output never reported")
+    (folder / "payload.7.log").write_text("the log of a payload of the previous run\n")
+    token = sqlite_dispatch.create(evnt)
+    code, out = sqlite_dispatch.run(token, tmp_path / "w")
+    assert code == 0 and summary(out)["finished"] == 12
+    assert not (folder / "scratch").exists() and not list(folder.glob("HITS.*.root"))
+    assert (folder / "payload.7.log").read_text() == "the log of a payload of the previous run\n"
+    assert "removed 2 entries that a previous run's payloads left" in sqlite_dispatch.log(tmp_path / "w")
+
+
 def test_a_job_file_runs_without_a_server(evnt: list[InputFile], tmp_path: Path) -> None:
     job = {"task": "offgrid", "payload": {"command": "toysim --cost-ms 1"},
            "object_store": {"url": (tmp_path / "objects").as_uri()},
