@@ -292,7 +292,10 @@ def catalog_entries(ledger: Ledger, task: str | None = None, dataset: str | None
 def cleanup_range_outputs(ledger: Ledger, task: str, stores: Mapping[str | None, ObjectStore]) -> int:
     """Delete the per-range objects of the task's ``merged`` ranges; returns how many objects were deleted.
 
-    Only ranges whose output is in a registered merged file are touched; running it again deletes nothing.
+    Only ranges whose output is in a registered merged file are touched: their recorded outputs, and every
+    other object under ``<task>/<range_id>/`` in the same stores, which no merge will ever read: the uploads of
+    earlier attempts (a runner killed after its upload, before its report; an output found corrupted) and any
+    other file uploaded under the range. Running it again deletes nothing.
     """
     merged = [output for output in ledger.outputs(task) if output.status == RangeStatus.MERGED]
     missing: dict[str | None, list[str]] = {}
@@ -307,5 +310,15 @@ def cleanup_range_outputs(ledger: Ledger, task: str, stores: Mapping[str | None,
         if store.head(output.key) is not None:
             store.delete(output.key)
             deleted += 1
-    log.info("task %s: deleted %d range outputs of merged ranges", task, deleted)
-    return deleted
+    merged_ids = {output.range_id for output in merged}
+    left = 0
+    for store in {id(stores[o.store]): stores[o.store] for o in merged}.values():
+        # one listing of the task's prefix, not one per range: S3 lists 1,000 keys per call
+        for found in list(store.list(f"{task}/")):
+            parts = found.key.split("/")
+            if len(parts) > 2 and parts[1] in merged_ids:
+                store.delete(found.key)
+                left += 1
+    log.info("task %s: deleted %d range outputs of merged ranges and %d other objects under those ranges", task,
+             deleted, left)
+    return deleted + left

@@ -203,6 +203,23 @@ def test_cleanup_deletes_only_the_objects_of_merged_ranges(task: Task, tmp_path:
         cleanup_range_outputs(task.ledger, task.name, {"s3://elsewhere": task.store})
 
 
+def test_cleanup_also_deletes_what_else_was_uploaded_under_a_merged_range(task: Task, tmp_path: Path,
+                                                                          storage: LocalStore) -> None:
+    merged_id, other_id = task.plan()[1].range_ids[0], task.plan()[0].range_ids[0]  # part 1 gets merged
+    payload = tmp_path / "payload.root"
+    payload.write_bytes(b"an earlier attempt's upload, never reported")
+    strays = [f"{task.name}/{merged_id}/7/HITS.{merged_id}.root", f"{task.name}/{merged_id}/1/another.root"]
+    kept = [f"{task.name}/{other_id}/7/HITS.{other_id}.root", f"{task.name}x/{merged_id}/1/HITS.root",
+            f"other/{merged_id}/1/HITS.root"]
+    for key in [*strays, *kept]:
+        task.store.put(key, payload)
+    register_output(task.ledger, task.name, merge(task, 1, tmp_path / "work"), storage, task.spec.dataset)
+    assert cleanup_range_outputs(task.ledger, task.name, {None: task.store}) == 5 + len(strays)
+    assert all(task.store.head(key) is None for key in strays)
+    assert all(task.store.head(key) is not None for key in kept)
+    assert cleanup_range_outputs(task.ledger, task.name, {None: task.store}) == 0
+
+
 @pytest.mark.s3
 def test_register_to_s3_normal_storage(task: Task, tmp_path: Path, s3_server: S3Server, s3_bucket: str) -> None:
     merged = merge(task, 2, tmp_path / "work")
