@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter
@@ -29,6 +29,10 @@ WORKER_STATUSES = frozenset({RangeStatus.RUNNING, RangeStatus.FINISHED, RangeSta
                              RangeStatus.READY})
 UPDATE_LABELS = tuple(sorted(s.value for s in WORKER_STATUSES))
 NO_CODE = "none"
+# Error codes are the workers' and payloads' own words, so their number is open-ended; a time series per code
+# would be too. Each task keeps its most frequent codes as labels and counts the rest under OTHER_CODES.
+MAX_ERROR_CODES = 20
+OTHER_CODES = "other"
 
 
 @dataclass
@@ -99,6 +103,15 @@ def read_ledger(conn: Connection, now: float) -> list[_Task]:
     return list(found.values())
 
 
+def bounded_codes(counts: Mapping[str, int], most: int = MAX_ERROR_CODES) -> dict[str, int]:
+    """The ``most`` most frequent codes (ties by name) as they are, the rest summed under OTHER_CODES; sorted."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[:most])
+    if len(ranked) > most:
+        kept[OTHER_CODES] = kept.get(OTHER_CODES, 0) + sum(count for _, count in ranked[most:])
+    return dict(sorted(kept.items()))
+
+
 class LedgerCollector(Collector):
     """Reads the ledger on every scrape, so every API process serving it gives the same numbers."""
 
@@ -142,7 +155,7 @@ class LedgerCollector(Collector):
             claims.add_metric([task.name], task.claims)
             for status, count in task.updates.items():
                 updates.add_metric([task.name, status], count)
-            for code, count in sorted(task.failures.items()):
+            for code, count in bounded_codes(task.failures).items():
                 failures.add_metric([task.name, code], count)
             stageout.add_metric([task.name], task.stageout_failures)
             expiries.add_metric([task.name], task.lease_expiries)

@@ -93,6 +93,19 @@ def test_metrics_count_what_happened_in_the_ledger(ledger: Ledger, served: str) 
         assert scrape(second.url, ADMIN) == expected
 
 
+def test_failure_codes_are_bounded_per_task(ledger: Ledger, served: str) -> None:
+    # Payloads name their own error codes: the most frequent 20 keep their label, the rest count as "other".
+    ledger.create_task(TaskSpec.parse(spec_data(name="m", events=(250,))))
+    claimed = ledger.claim("m", "w1", 25).ranges
+    ledger.update("m", "w1", [RangeUpdate(range_id=r.range_id, status="failed", error_code=f"ERR_C{i:02d}")
+                              for i, r in enumerate(claimed)])
+    (again,) = ledger.claim("m", "w1", 1).ranges  # a range back for its second attempt
+    ledger.update("m", "w1", [RangeUpdate(range_id=again.range_id, status="failed", error_code="ERR_C00")])
+    failures = {dict(labels)["error_code"]: value for (name, labels), value in scrape(served).items()
+                if name == "event_service_failures_total"}
+    assert failures == {"ERR_C00": 2.0, **{f"ERR_C{i:02d}": 1.0 for i in range(1, 20)}, "other": 5.0}
+
+
 def test_metrics_need_the_admin_or_the_monitor_token(ledger: Ledger, served: str) -> None:
     _record, task_token = ledger.create_task(TaskSpec.parse(spec_data(name="m")))
     refused = {token: requests.get(f"{served}/metrics", timeout=30,
