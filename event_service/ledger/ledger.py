@@ -266,10 +266,13 @@ class Ledger(LedgerResults):
             record = self.task(name)
         except TaskNotFoundError:
             raise TokenRejectedError(name, revoked=False) from None
-        if not hmac.compare_digest(record.token_hash, hash_token(token)):
-            raise TokenRejectedError(name, revoked=False)
+        # The state is read before the token is compared: an unknown name costs a database query (its lookup),
+        # and so does a wrong token for a known task, whose record is cached; the answer's timing does not tell
+        # which tasks exist.
         state = self._transaction(
             lambda conn: conn.execute(select(tasks.c.state).where(tasks.c.id == record.id)).scalar_one())
+        if not hmac.compare_digest(record.token_hash, hash_token(token)):
+            raise TokenRejectedError(name, revoked=False)
         if state == TaskState.CANCELLED:
             raise TokenRejectedError(name, revoked=True)
         return record
