@@ -145,6 +145,28 @@ def _stage_archive(outputs: Sequence[RangeOutput], store: ObjectStore, archive_d
     return results
 
 
+def in_place_inputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore]) -> list[Path] | None:
+    """The files a merge program can read while they are verified: every output's own file in a local store.
+    None when any output lies in another kind of store, inside an archive, or has no usable key (those are
+    staged, and verified, before the program starts)."""
+    paths = []
+    for output, store in zip(outputs, stores, strict=True):
+        if output.member is not None or not output.key or not isinstance(store, LocalStore):
+            return None
+        try:
+            paths.append(store.path(output.key))
+        except InvalidKeyError:
+            return None
+    return paths
+
+
+def signature_or_none(path: Path) -> Signature | None:
+    try:
+        return signature_of(path)
+    except FileNotFoundError:
+        return None
+
+
 def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore], scratch: Path, *,
                   threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
     """Stage and verify every output (``threads`` at a time) into ``scratch``; local stores' objects are used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,86 @@ def test_a_command_that_changes_its_inputs_has_them_corrupted(task: Task, tmp_pa
         merge_part(part, {None: task.store}, tmp_path / "work", command=f"{sys.executable} {writer}")
     assert list(caught.value.reasons) == [touched]
     assert "changed in the store while it was merged" in caught.value.reasons[touched]
+
+
+STALLING_SCRIPT = '''
+import os, subprocess, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+with open({pids!r} + ".tmp", "w") as out:
+    out.write(f"{{os.getpid()}} {{child.pid}}")
+os.replace({pids!r} + ".tmp", {pids!r})
+time.sleep(120)
+'''
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def assert_both_ended(pids: Path) -> None:
+    """The stalling program has ended, and its child too (an orphan once the program is killed, so reaped by init
+    a moment later: waited for up to 10 s)."""
+    program, child = map(int, pids.read_text().split())
+    assert gone(program)
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child)
+
+
+def test_a_command_reading_a_damaged_local_output_is_stopped_with_what_it_started(task: Task, tmp_path: Path) -> None:
+    # A local store's files are verified while the program already reads them: one fails, and the program and
+    # its own child are killed rather than left to finish a merge that is thrown away.
+    part = task.plan()[0]
+    damaged = part.range_ids[3]
+    with open(task.object_path(damaged), "r+b") as stream:
+        stream.seek(500)
+        stream.write(b"\xde\xad\xbe\xef")
+    pids = tmp_path / "pids"
+    stalling = tmp_path / "stalling.py"
+    stalling.write_text(STALLING_SCRIPT.format(pids=str(pids)))
+    started = time.monotonic()
+    with pytest.raises(CorruptedOutputsError) as caught:
+        merge_part(part, {None: task.store}, tmp_path / "work", command=f"{sys.executable} {stalling}")
+    assert time.monotonic() - started < 60, "the program ran its 120 s instead of being stopped"
+    assert list(caught.value.reasons) == [damaged]
+    assert caught.value.reasons[damaged].startswith("output damaged in the store")
+    assert caught.value.__cause__ is None  # the stopped program is not what went wrong
+    if pids.exists():  # the verification can end before the program got as far as writing them
+        assert_both_ended(pids)
+    assert leftovers(tmp_path / "work") == []
+    assert task.status(damaged) == RangeStatus.FINISHED  # marking it is the caller's (report_corrupted)
+
+
+def test_an_input_replaced_while_the_command_runs_is_corrupted(task: Task, tmp_path: Path) -> None:
+    # The program started on one file; the store's file under that key was replaced (same bytes, a new inode)
+    # before its verification: what the program read is not what was verified.
+    part = task.plan()[0]
+    replaced = part.range_ids[1]
+    target = task.object_path(replaced)
+    script = tmp_path / "replaces.py"
+    script.write_text("import os, shutil, sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+                      f"path = {str(target)!r}\nshutil.copyfile(path, path + '.new')\nos.replace(path + '.new', path)\n"
+                      "paths = open(args['--inputs']).read().split()\n"
+                      "open(args['--output'], 'wb').write(b''.join(open(p, 'rb').read() for p in paths))\n")
+    with pytest.raises(CorruptedOutputsError) as caught:
+        merge_part(part, {None: task.store}, tmp_path / "work", command=f"{sys.executable} {script}")
+    assert list(caught.value.reasons) == [replaced]
+    assert "changed in the store while it was merged" in caught.value.reasons[replaced]
+
+
+def test_a_command_timeout_kills_the_program_and_its_children(task: Task, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    stalling = tmp_path / "stalling.py"
+    stalling.write_text(STALLING_SCRIPT.format(pids=str(pids)))
+    with pytest.raises(MergeCommandError, match=r"still running after 3\.0 s; killed") as caught:
+        merge_part(task.plan()[0], {None: task.store}, tmp_path / "work", command=f"{sys.executable} {stalling}",
+                   command_timeout_s=3.0)
+    assert not caught.value.cancelled
+    assert_both_ended(pids)
+    assert leftovers(tmp_path / "work") == []
