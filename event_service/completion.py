@@ -16,6 +16,7 @@ from event_service.stores import ChecksumMismatchError, ObjectNotFoundError, Obj
 log = logging.getLogger(__name__)
 
 S = RangeStatus
+ObjectId = tuple[str | None, str, str, int]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,17 @@ def _verify(output: RangeOutput, stores: Mapping[str | None, ObjectStore]) -> st
     return None
 
 
+def _verify_all(objects: Mapping[ObjectId, RangeOutput], stores: Mapping[str | None, ObjectStore],
+                threads: int) -> dict[ObjectId, str | None]:
+    """Each object's verdict: those in remote stores from ``threads`` threads, local ones in this thread."""
+    remote = {k: o for k, o in objects.items() if (store := stores.get(o.store)) is None or store.remote}
+    verdicts = {k: _verify(o, stores) for k, o in objects.items() if k not in remote}
+    if remote:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            verdicts.update(zip(remote, pool.map(lambda o: _verify(o, stores), remote.values()), strict=True))
+    return verdicts
+
+
 def check_completion(ledger: Ledger, task: str, stores: Mapping[str | None, ObjectStore], *,
                      verify_objects: bool = True, threads: int = 8) -> Completion:
     """Judge a task; outputs that fail verification are marked corrupted (so they are re-dispatched)."""
@@ -77,8 +89,7 @@ def check_completion(ledger: Ledger, task: str, stores: Mapping[str | None, Obje
     if verify_objects and outputs:
         # Ranges that share an archive share its object: each object is checked once.
         objects = {(o.store, o.key, o.adler32, o.size): o for o in outputs}
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            verdicts = dict(zip(objects, pool.map(lambda o: _verify(o, stores), objects.values()), strict=True))
+        verdicts = _verify_all(objects, stores, threads)
         problems = {o.range_id: why for o in outputs if (why := verdicts[(o.store, o.key, o.adler32, o.size)])}
         if problems:
             by_reason: dict[str, list[str]] = defaultdict(list)

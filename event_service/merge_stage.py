@@ -169,8 +169,9 @@ def signature_or_none(path: Path) -> Signature | None:
 
 def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore], scratch: Path, *,
                   threads: int = STAGE_THREADS) -> tuple[list[Staged | None], dict[str, str]]:
-    """Stage and verify every output (``threads`` at a time) into ``scratch``; local stores' objects are used
-    in place. Outputs inside an archive (``member`` set) are verified as the archive,
+    """Stage and verify every output into ``scratch``, ``threads`` at a time from remote stores; local stores'
+    objects are verified in place, in this thread (threads only slowed them: 2,500 small ones took 0.7 s from
+    one thread, 1.2-2.0 s from 8). Outputs inside an archive (``member`` set) are verified as the archive,
     once per archive, and copied out of it. Returns what was staged per output (None where it failed) and
     the reason each failed output is corrupted, by range id."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -181,14 +182,18 @@ def stage_outputs(outputs: Sequence[RangeOutput], stores: Sequence[ObjectStore],
         if output.member is not None:
             archives.setdefault((id(stores[i]), output.key, output.adler32, output.size), []).append(i)
     results: list[Staged | str | None] = [None] * len(outputs)
+    fetched = [i for i in singles if stores[i].remote]
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="stage-in") as pool:
-        single_results = pool.map(_stage_one, [outputs[i] for i in singles], [stores[i] for i in singles],
-                                  [dests[i] for i in singles])
+        fetched_results = pool.map(_stage_one, [outputs[i] for i in fetched], [stores[i] for i in fetched],
+                                   [dests[i] for i in fetched])
         archive_results = pool.map(
             lambda members: _stage_archive([outputs[i] for i in members], stores[members[0]],
                                            scratch / f"archive.{members[0]:06d}", [dests[i] for i in members]),
             list(archives.values()))
-        for i, result in zip(singles, single_results, strict=True):
+        for i in singles:  # meanwhile, a local store's objects in this thread: threads only slow them down
+            if not stores[i].remote:
+                results[i] = _stage_one(outputs[i], stores[i], dests[i])
+        for i, result in zip(fetched, fetched_results, strict=True):
             results[i] = result
         for members, group in zip(archives.values(), archive_results, strict=True):
             for i, result in zip(members, group, strict=True):

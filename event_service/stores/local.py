@@ -45,6 +45,8 @@ def _temp_path(path: Path, what: str) -> Path:
 class LocalStore(ObjectStore):
     """Objects as files under a local directory, each with a JSON metadata sidecar."""
 
+    remote = False
+
     def __init__(self, root: str | Path) -> None:
         root = Path(root)
         if not root.is_absolute():
