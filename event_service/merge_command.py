@@ -108,8 +108,9 @@ def _wait(process: subprocess.Popen[bytes], timeout_s: float | None,
     """Wait for the program: its exit code, or why it was stopped (its whole process group killed)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        step = remaining if cancel is None else min(CANCEL_POLL_S, CANCEL_POLL_S if remaining is None else remaining)
+        step = remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if cancel is not None:  # look at the cancel now and then
+            step = CANCEL_POLL_S if remaining is None else min(CANCEL_POLL_S, remaining)
         try:
             return process.wait(timeout=step), None
         except subprocess.TimeoutExpired:
