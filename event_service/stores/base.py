@@ -121,13 +121,17 @@ class ObjectStore(ABC):
     # ------------------------------------------------------------------ public interface
 
     def put(self, key: str, source: Path | bytes, *, adler32: str | None = None,
-            size: int | None = None) -> StoredObject:
+            size: int | None = None, move: bool = False) -> StoredObject:
         """Store ``source`` under ``key`` atomically with its adler32 and size as metadata, and verify it.
 
         The source's adler32 and size are computed; ``adler32``/``size``, when given (say, as the payload
         reported them), must match them. After the upload the object is checked against what the store reports;
         on any mismatch ChecksumMismatchError is raised and nothing is left under ``key`` but a previous
         complete object (or nothing).
+
+        With ``move``, a store that can take the file itself (a local directory on the source's file system)
+        renames it into place instead of copying it, and the source is gone afterwards; any other store copies
+        it and leaves it where it is.
         """
         key = validate_key(key)
         expected = source_checksum(source)
@@ -137,6 +141,10 @@ class ObjectStore(ABC):
         if size is not None and size != expected.size:
             raise ChecksumMismatchError(self.url, key, "size", size, expected.size,
                                         "between the given value and the source, before upload")
+        if move and isinstance(source, Path):
+            taken = self._take(key, source, expected)
+            if taken is not None:
+                return taken
         return self._put(key, source, expected)
 
     def head(self, key: str) -> StoredObject | None:
@@ -248,6 +256,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def _delete(self, key: str) -> None:
         """Remove ``key``'s data and metadata if present."""
+
+    def _take(self, key: str, source: Path, expected: Checksum) -> StoredObject | None:
+        """Make the file ``source`` itself the object ``key`` (a rename), verified; None where the store cannot,
+        and the put copies it instead."""
+        return None
 
     def _presign_put(self, key: str, expected: Checksum, expires_s: int) -> PresignedUpload | None:
         return None
