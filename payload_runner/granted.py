@@ -45,8 +45,9 @@ class GrantedUploads:
         self._session = requests.Session()
         self._endpoint: str | None = None
 
-    def put(self, key: str, path: Path) -> StoredObject:
-        """Upload ``path`` as ``key`` (``<task>/<range_id>/<attempt>/<file>``, as the stage-out builds it)."""
+    def put(self, key: str, path: Path, *, move: bool = False) -> StoredObject:
+        """Upload ``path`` as ``key`` (``<task>/<range_id>/<attempt>/<file>``, as the stage-out builds it); the
+        file stays where it is (``move`` changes nothing for an upload)."""
         parts = key.split("/")
         if len(parts) != 4 or parts[0] != self._task or not parts[2].isdigit():
             raise ValueError(f"{key!r} is not an output key <task>/<range_id>/<attempt>/<file> of task {self._task!r}")

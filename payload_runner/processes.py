@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -57,6 +58,19 @@ def clear_payload_folders(workdir: Path, keep: set[Path]) -> int:
     return removed
 
 
+def _link_below(path: str, start: int) -> bool:
+    """Whether a part of ``path`` after index ``start`` is a symbolic link (an ``lstat`` per part, up to the first
+    missing one: nothing below a missing part exists to point anywhere)."""
+    ends = [index for index in range(start + 1, len(path)) if path[index] == os.sep]
+    for end in [*ends, len(path)]:
+        try:
+            if stat.S_ISLNK(os.lstat(path[:end]).st_mode):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+    return False
+
+
 @dataclass
 class PayloadProcess:
     """One payload process and what it is doing."""
@@ -80,6 +94,24 @@ class PayloadProcess:
     @property
     def peer(self) -> bytes:
         return self.identity.encode()
+
+    def own_output(self, reported: str) -> Path | None:
+        """The real path of an output the process reported (relative to its folder, or absolute), or None when
+        that lies outside its folder or is its log.
+
+        The folder is already real, so only the parts of the path below it are looked at, one ``lstat`` each (for
+        a plain file name, one in all, where a full ``realpath`` looks at every directory from ``/``); paths with
+        ``..``, paths not under the folder as written, and symbolic links get the full resolution.
+        """
+        folder = str(self.folder)
+        path = os.path.normpath(os.path.join(folder, reported))
+        if ".." not in reported.split("/") and path.startswith(folder + os.sep) and not _link_below(path, len(folder)):
+            real = Path(path)
+        else:
+            real = Path(os.path.realpath(path))
+            if not real.is_relative_to(self.folder):
+                return None
+        return real if real != self.real_log else None
 
     def tail(self, lines: int = 5) -> str:
         """The last lines the process wrote, for error messages."""

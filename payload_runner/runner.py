@@ -537,21 +537,31 @@ class Runner:
         """Stage out and report outputs that a previous runner in this work directory left behind."""
         for item in pending:
             path = Path(item.path)
-            if not path.is_file():
-                log.warning("recovered output %s of %s is gone; the ledger will re-dispatch the range", path,
-                            item.range_id)
-                continue
+            job = StageOutJob(item.range_id, item.attempt, path, item.cpu_s, item.wall_s)
             info = self.source.range_info(item.range_id)
             if info is not None and info.status in WITH_OUTPUT and (info.worker, info.attempt) != (
                     self.worker_id, item.attempt):
                 log.info("output of %s left by a previous run is not needed: worker %s finished the range",
                          item.range_id, info.worker)
-                path.unlink()
+                path.unlink(missing_ok=True)
                 self.summary.notes.append(f"{item.range_id}: finished by {info.worker}; left-over output dropped")
                 continue
-            log.info("recovering output of %s (attempt %d) left by a previous run", item.range_id, item.attempt)
-            self.manifest.output(item)
-            self.stageout.submit(StageOutJob(item.range_id, item.attempt, path, item.cpu_s, item.wall_s))
+            if path.is_file():
+                log.info("recovering output of %s (attempt %d) left by a previous run", item.range_id, item.attempt)
+                self.manifest.output(item)
+                self.stageout.submit(job)
+            else:  # moved into a local store before the previous runner could report it, or lost
+                stored = self.stageout.stored(job)
+                if stored is None:
+                    log.warning("recovered output %s of %s is gone; the ledger will re-dispatch the range", path,
+                                item.range_id)
+                    continue
+                log.info("output of %s (attempt %d) left by a previous run is already stored as %s; reporting it",
+                         item.range_id, item.attempt, stored.key)
+                self.manifest.output(item)
+                self.staged[(item.range_id, item.attempt)] = path
+                self.updates.append(RangeUpdate(range_id=item.range_id, status="finished", output=stored,
+                                                cpu_s=item.cpu_s, wall_s=item.wall_s, attempt=item.attempt))
             self.summary.recovered += 1
 
     def _heartbeats(self) -> None:

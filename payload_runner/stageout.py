@@ -26,9 +26,10 @@ class StageOutTarget(Protocol):
     @property
     def url(self) -> str: ...
 
-    def put(self, key: str, path: Path) -> StoredObject:
+    def put(self, key: str, path: Path, *, move: bool = False) -> StoredObject:
         """Store ``path`` under ``key`` with its adler32 and size; raise on failure. A PermissionError means
-        this upload may not happen at all (not a store failure)."""
+        this upload may not happen at all (not a store failure). With ``move`` the target may take the file
+        itself (a rename into a local store), which is then gone from ``path``."""
         ...
 
     def head(self, key: str) -> object:
@@ -111,6 +112,21 @@ class StageOut:
             except queue.Empty:
                 return done
 
+    def stored(self, job: StageOutJob) -> OutputRef | None:
+        """The output of ``job`` if a store already holds it complete (put, or moved there, before a runner died
+        without reporting it), else None."""
+        key = object_key(self.task, job.range_id, job.attempt, job.path.name)
+        for index, store in enumerate(self._stores):
+            try:
+                found = store.head(key)
+            except Exception as exc:  # not there as far as can be seen: the range is run again
+                log.warning("cannot look for %s in %s: %s", key, store.url, exc)
+                continue
+            if isinstance(found, StoredObject):
+                return OutputRef(key=key, adler32=found.adler32, size=found.size,
+                                 store=None if index == 0 else store.url)
+        return None
+
     def probe(self) -> bool:
         """Check whether the active store answers again; ends the ``down`` state when it does."""
         try:
@@ -150,7 +166,9 @@ class StageOut:
             for attempt in range(self._retries):
                 started = time.perf_counter()
                 try:
-                    stored = store.put(key, job.path)  # computes adler32 and size, verifies after upload
+                    # Computes adler32 and size, verifies after upload. The runner deletes the output once it is
+                    # reported, so a local store on the same file system may take the file as it is (no copy).
+                    stored = store.put(key, job.path, move=True)
                 except PermissionError as exc:  # this upload may not happen (the range is no longer ours)
                     return StageOutResult(job, None, f"{type(exc).__name__}: {exc}", final=True)
                 except Exception as exc:  # retried, then counted against the store
