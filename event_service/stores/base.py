@@ -14,7 +14,6 @@ import contextlib
 import os
 import tempfile
 import uuid
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from event_service.checksums import adler32_bytes, adler32_file, format_adler32, normalize_adler32
+from event_service.checksums import adler32_bytes, adler32_file, adler32_update, format_adler32, normalize_adler32
 from event_service.stores.errors import ChecksumMismatchError, ObjectNotFoundError
 from event_service.stores.keys import validate_key, validate_prefix
 
@@ -164,7 +163,7 @@ class ObjectStore(ABC):
                 value, size = 1, 0
                 with open(partial, "xb") as out:
                     for chunk in download.chunks:
-                        value = zlib.adler32(chunk, value)
+                        value = adler32_update(chunk, value)
                         size += len(chunk)
                         out.write(chunk)
                     out.flush()
