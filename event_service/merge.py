@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -401,16 +402,38 @@ def _merge_by_command(part: MergePart, stores: Sequence[ObjectStore], stage_dir:
 
 
 class _Seal:
-    """The merged file's adler32 and its fsync, in background threads while its events are read back."""
+    """The merged file's adler32 and its fsync, in background threads while its events are read back; before
+    that, while the file is being written, its pages are written back to disk every quarter second, so the final
+    fsync waits for the last of them only (the disk works while the merge computes)."""
+
+    WRITE_BEHIND_S = 0.25
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="seal")
+        self._written = threading.Event()
+        self._write_behind = self._pool.submit(self._write_back_while_written)
         self._checksum: Future[tuple[str, int]] | None = None
         self._synced: Future[None] | None = None
 
+    def _write_back_while_written(self) -> None:
+        fd: int | None = None
+        try:
+            while not self._written.wait(self.WRITE_BEHIND_S):
+                if fd is None:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # not written yet
+                os.fdatasync(fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def start(self) -> None:
+        """The file is complete: checksum it and make it durable."""
         if self._checksum is None:
+            self._written.set()
             self._checksum = self._pool.submit(adler32_file, self.path)
             self._synced = self._pool.submit(_fsync_file, self.path)
 
@@ -422,6 +445,7 @@ class _Seal:
         return self._checksum.result()
 
     def close(self) -> None:
+        self._written.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
