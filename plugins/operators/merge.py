@@ -64,11 +64,12 @@ class MergeOperator(BaseOperator):
                         report_corrupted(ledger, exc)
                         raise AirflowException(f"{exc}\nThese ranges were sent back to ready: run the DAG again "
                                                "to redo them.") from None
-                    key = staging_key(self.task_name, merged.file_name)
-                    stored = stores[None].put(key, merged.path)
                     hook = ObjectStoreHook(self.store_conn_id)
                     certified = certify_merged(merged.path, Path(tmp) / "validation", spec.merge,
                                                lambda url: hook.get_store(url, spec.merge.endpoint_url))
+                    key = staging_key(self.task_name, merged.file_name)
+                    # The work folder goes away: a local store on its file system takes the file as it is.
+                    stored = stores[None].put(key, merged.path, move=True)
                     validation_keys = []
                     for path in certified[1] if certified else []:
                         validation_keys.append(staging_key(self.task_name, path.name))
