@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -351,11 +350,11 @@ class Runner:
         self._adapt_batch(time.monotonic() - process.range_started)
         # Only a file in the payload's own folder: not the runner's manifest or worker id, not another slot's
         # output, not the payload's log (the runner deletes what it has reported).
-        own = process.folder
-        path = Path(os.path.realpath(own / message.path))
-        if not path.is_relative_to(own) or path == process.real_log:
+        path = process.own_output(message.path)
+        if path is None:
             self._fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR",
-                       f"output path {message.path!r} is outside the payload's folder {own} (or is its log)")
+                       f"output path {message.path!r} is outside the payload's folder {process.folder} "
+                       "(or is its log)")
             return
         if not path.is_file():
             self._fail(r.range_id, r.attempt, "ERR_OUTPUT_MISSING", f"output file {path} does not exist")
