@@ -9,12 +9,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from event_service.models import IN_FLIGHT, WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState
+from event_service.models import IN_FLIGHT, WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState, UpdateResult
 from event_service.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -106,6 +107,11 @@ class Runner:
         self.queue: deque[ClaimedRange] = deque()
         self.waiting: deque[bytes] = deque()
         self.updates: list[RangeUpdate] = []
+        # Claims and reports go out from their own threads (one each), so the loop never waits for the API.
+        self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
+        self.claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim")
+        self.reporting: tuple[list[RangeUpdate], Future[list[UpdateResult]]] | None = None  # sent, not answered
+        self.claim_call: Future[tuple[list[ClaimedRange], TaskState]] | None = None  # asked, not answered
         self.staged: dict[tuple[str, int], Path] = {}  # reported outputs' local files, removed once reported
         self.deferred: list[tuple[StageOutJob, str]] = []  # outputs whose upload waits for the store to answer
         self.upload_rounds: dict[tuple[str, int], int] = {}
@@ -154,6 +160,8 @@ class Runner:
             self._collect(self.stageout.results())
             self._fail_deferred()
             self._flush(force=True)
+            self.reporter.shutdown(wait=True)
+            self.claimer.shutdown(wait=True)
             self.manifest.close()
             self.source.close()
             restore()
@@ -170,8 +178,8 @@ class Runner:
             self._drain(now, "drained" if self.summary.reason == "done" else self.summary.reason)
         self._watch_stageout(now)
         self._claim(now)
-        # Wait for payload messages, but not long when uploads are finishing with nothing else to do.
-        tail = self.stageout.pending and not self.queue
+        # Wait for payload messages, but not long when uploads, reports or a claim are out and nothing is queued.
+        tail = (self.stageout.pending or self.reporting or self.claim_call) and not self.queue
         received = self._receive(0.02 if tail else 0.2)
         # Then whatever else has arrived, before the housekeeping below: with short ranges messages come faster
         # than one per turn of the loop would take them.
@@ -195,7 +203,7 @@ class Runner:
             return None
 
     def _finished(self) -> bool:
-        if self.claiming or self.queue or (self.stageout.is_down and self.drain_deadline is None):
+        if self.claiming or self.queue or self.claim_call or (self.stageout.is_down and self.drain_deadline is None):
             return False
         if any(p.in_flight for p in self.pool.processes.values()):
             return False
@@ -207,7 +215,7 @@ class Runner:
                     process.told_no_more = True
             self.waiting.clear()
             return False
-        return self.stageout.pending == 0 and not self.updates and not self.deferred
+        return self.stageout.pending == 0 and not self.updates and not self.deferred and self.reporting is None
 
     # -- claiming and handing out ---------------------------------------------------------------------------
 
@@ -225,20 +233,36 @@ class Runner:
         self.batch = max(2 * workers, min(self.options.max_batch, wanted))
 
     def _claim(self, now: float) -> None:
+        """Ask for more ranges from the claim thread, the loop going on meanwhile; take the answer in on a later
+        turn."""
+        if self.claim_call is not None:
+            if not self.claim_call.done():
+                return
+            call, self.claim_call = self.claim_call, None
+            try:
+                ranges, state = call.result()
+            except (ConnectionError, OSError) as exc:
+                log.warning("claim failed: %s; retrying in %.1f s", exc, self.claim_backoff)
+                self._back_off(now)
+                return
+            self._claimed(now, ranges, state)
+            return
         # Claim again when the queue is down to half a batch (one range per payload with the smallest batch).
         if not self.claiming or len(self.queue) > max(self.options.workers, self.batch // 2) or now < self.next_claim:
             return
         if self.summary.claimed == 0 and not self.waiting:
             return  # no lease starts ticking before a payload is up and asks for events
-        try:
-            ranges, state = self.source.claim(self.batch - len(self.queue))
-        except (ConnectionError, OSError) as exc:
-            log.warning("claim failed: %s; retrying in %.1f s", exc, self.claim_backoff)
-            self._back_off(now)
+        self.claim_call = self.claimer.submit(self.source.claim, self.batch - len(self.queue))
+
+    def _claimed(self, now: float, ranges: list[ClaimedRange], state: TaskState) -> None:
+        self.summary.claimed += len(ranges)
+        if ranges and not self.claiming:  # a drain or a store outage began while the claim was out
+            for r in ranges:
+                self._release(r)
+                self.summary.released += 1
             return
         if ranges:
             self.queue.extend(ranges)
-            self.summary.claimed += len(ranges)
             for r in ranges:
                 self.events_of[r.range_id] = r.last_event - r.first_event + 1
             self.last_range_at = now
@@ -272,7 +296,7 @@ class Runner:
         return self.stageout.is_down and not self.task_over and self.drain_deadline is None
 
     def _holding(self) -> bool:
-        return bool(self.updates or self.stageout.pending or self.deferred
+        return bool(self.updates or self.reporting or self.stageout.pending or self.deferred
                     or any(p.in_flight for p in self.pool.processes.values()))
 
     def _back_off(self, now: float) -> None:
@@ -491,21 +515,47 @@ class Runner:
         self.deferred.clear()
 
     def _flush(self, force: bool = False) -> None:
+        """Send the waiting reports, in batches of up to 1,000. The loop's own reports go out from the reporter
+        thread while the loop goes on feeding payloads; their answers are taken in here, on a later turn. With
+        ``force`` (the end of the run) the call waits for them."""
+        if self.reporting is not None:
+            batch, future = self.reporting
+            if not force and not future.done():
+                return
+            self.reporting = None
+            try:
+                results = future.result()
+            except (ConnectionError, OSError) as exc:
+                self._report_failed(batch, exc, force)
+                return
+            self._reported(batch, results)
         now = time.monotonic()
         # Reports wait to be batched, except when nothing is queued to batch them with (the task's tail).
         if not self.updates or (not force and self.queue and len(self.updates) < self.batch
                                 and now - self.last_flush < self.options.report_interval_s):
             return
         batch, self.updates = self.updates[:1000], self.updates[1000:]
+        self.last_flush = now
+        if not force:
+            self.reporting = (batch, self.reporter.submit(self.source.report, batch))
+            return
         try:
             results = self.source.report(batch)
         except (ConnectionError, OSError) as exc:
-            log.warning("reporting %d ranges failed: %s; keeping them for the next try", len(batch), exc)
-            self.updates[:0] = batch
-            if force:
-                self.summary.notes.append(f"{len(batch)} reports could not be delivered: {exc}")
+            self._report_failed(batch, exc, force)
             return
-        self.last_flush = now
+        self._reported(batch, results)
+        if self.updates:
+            self._flush(force=True)
+
+    def _report_failed(self, batch: list[RangeUpdate], exc: Exception, force: bool) -> None:
+        log.warning("reporting %d ranges failed: %s; keeping them for the next try", len(batch), exc)
+        self.updates[:0] = batch
+        if force:
+            self.summary.notes.append(f"{len(batch)} reports could not be delivered: {exc}")
+
+    def _reported(self, batch: list[RangeUpdate], results: list[UpdateResult]) -> None:
+        """The ledger's answers to a batch of reports: count them, give up refused outputs, drop reported files."""
         for item, result in zip(batch, results, strict=True):
             if item.status == "finished":
                 if result.result == "rejected":
@@ -527,8 +577,6 @@ class Runner:
                 if path is not None:
                     self.manifest.reported(item.range_id, item.attempt or 0)
                     path.unlink(missing_ok=True)
-        if self.updates and force:
-            self._flush(force=True)
 
     # -- recovery, heartbeats, signals ----------------------------------------------------------------------
 
