@@ -18,7 +18,8 @@ from event_service.envvars import TOKEN_ENV
 from event_service.spec import ObjectStoreSpec, TaskSpec
 from event_service.stores import ObjectStore, open_location
 from payload_runner.granted import GrantedUploads
-from payload_runner.runner import Runner, RunnerOptions, RunSummary
+from payload_runner.options import RunnerOptions, RunSummary
+from payload_runner.runner import Runner
 from payload_runner.stageout import StageOutTarget
 from payload_runner.source import JobFile, JobFileSource, LedgerSource, RangeSource, ServerSource
 

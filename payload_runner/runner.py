@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,6 +26,7 @@ from event_service.protocol import (
 )
 from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
 from payload_runner.manifest import Manifest, PendingOutput
+from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
 from payload_runner.source import RangeSource
 from payload_runner.stageout import StageOut, StageOutJob, StageOutResult, StageOutTarget
@@ -35,58 +35,6 @@ log = logging.getLogger(__name__)
 
 DRAIN_MESSAGES = 32  # payload messages handled in one turn of the loop, at most
 UPLOAD_ROUNDS = 3  # stage-outs of one output (each with its own retries) before its range fails
-EXIT_CODES = {"done": 0, "cancelled": 0, "drained": 0, "idle": 0, "stageout_failed": 3, "payload_failed": 4}
-
-
-@dataclass
-class RunnerOptions:
-    """How a runner behaves; the defaults suit a grid node."""
-
-    workers: int = 1
-    batch: int | None = None  # ranges claimed at a time, fixed; None: adapted to how long ranges take
-    claim_ahead_s: float = 2.0  # adaptive claims: about this many seconds of work per payload process
-    max_batch: int = 100  # adaptive claims: at most this many ranges at a time
-    idle_timeout_s: float | None = None  # exit when no range came for this long while others hold them
-    silence_s: float = 600.0  # kill a payload that holds a range and says nothing for this long
-    grace_s: float = 30.0  # on a drain, how long in-flight ranges may still finish
-    max_restarts: int | None = None  # payload restarts after crashes; default 3 per payload process
-    stageout_threads: int = 4
-    upload_retries: int = 3
-    upload_backoff_s: float = 0.5
-    report_interval_s: float = 1.0
-    outage_s: float = 600.0  # give up when the object store stays unreachable for this long
-    poll_max_s: float = 10.0  # longest wait between claims while other workers hold the ranges
-
-
-@dataclass
-class RunSummary:
-    """What one run of the runner did."""
-
-    task: str
-    worker: str
-    reason: str = "done"
-    claimed: int = 0
-    finished: int = 0
-    failed: int = 0
-    released: int = 0
-    rejected: int = 0
-    recovered: int = 0
-    events: int = 0
-    payload_cpu_s: float = 0.0
-    payload_wall_s: float = 0.0
-    wall_s: float = 0.0
-    staged_bytes: int = 0
-    upload_s: float = 0.0
-    restarts: int = 0
-    reuploads: int = 0  # outputs kept after a failed stage-out (an object-store outage) and uploaded again
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.reason]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "exit_code": self.exit_code}
 
 
 class Runner:

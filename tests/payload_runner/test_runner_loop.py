@@ -9,7 +9,8 @@ from pathlib import Path
 from event_service.models import ClaimedRange, RangeUpdate, TaskState, UpdateResult
 from event_service.spec import InputFile
 from event_service.stores import LocalStore
-from payload_runner.runner import Runner, RunnerOptions
+from payload_runner.options import RunnerOptions
+from payload_runner.runner import Runner
 from payload_runner.source import JobFile, JobFileSource
 from tests.payload_runner.conftest import RUNNER
 
