@@ -412,7 +412,7 @@ class _Seal:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="seal")
         self._written = threading.Event()
-        self._write_behind = self._pool.submit(self._write_back_while_written)
+        self._pool.submit(self._write_back_while_written)
         self._checksum: Future[tuple[str, int]] | None = None
         self._synced: Future[None] | None = None
 

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from event_service.envvars import TOKEN_ENV
 from event_service.models import ClaimedRange
+from event_service.stores.base import symlink_on_the_way
 from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,13 @@ def clear_payload_folders(workdir: Path, keep: set[Path]) -> int:
     return removed
 
 
-def _link_below(path: str, start: int) -> bool:
-    """Whether a part of ``path`` after index ``start`` is a symbolic link (an ``lstat`` per part, up to the first
-    missing one: nothing below a missing part exists to point anywhere)."""
-    ends = [index for index in range(start + 1, len(path)) if path[index] == os.sep]
-    for end in [*ends, len(path)]:
-        try:
-            if stat.S_ISLNK(os.lstat(path[:end]).st_mode):
-                return True
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-    return False
+def _link_in(path: Path, folder: Path) -> bool:
+    """Whether a part of ``path`` in ``folder`` is a symbolic link; a part that is a file, not a folder, ends the
+    path there (it names nothing)."""
+    try:
+        return symlink_on_the_way(path, folder)
+    except NotADirectoryError:
+        return False
 
 
 @dataclass
@@ -99,13 +95,14 @@ class PayloadProcess:
         """The real path of an output the process reported (relative to its folder, or absolute), or None when
         that lies outside its folder or is its log.
 
-        The folder is already real, so only the parts of the path below it are looked at, one ``lstat`` each (for
-        a plain file name, one in all, where a full ``realpath`` looks at every directory from ``/``); paths with
-        ``..``, paths not under the folder as written, and symbolic links get the full resolution.
+        The folder is already real, so only it and the parts of the path below it are looked at, one ``lstat``
+        each (for a plain file name, two in all, where a full ``realpath`` looks at every directory from ``/``);
+        paths with ``..``, paths not under the folder as written, and symbolic links get the full resolution.
         """
         folder = str(self.folder)
         path = os.path.normpath(os.path.join(folder, reported))
-        if ".." not in reported.split("/") and path.startswith(folder + os.sep) and not _link_below(path, len(folder)):
+        plain = ".." not in reported.split("/") and path.startswith(folder + os.sep)
+        if plain and not _link_in(Path(path), self.folder):
             real = Path(path)
         else:
             real = Path(os.path.realpath(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -91,6 +92,21 @@ def iter_source(source: Path | bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterato
             yield source[start:start + chunk_bytes]
     else:
         yield from iter_file(source, chunk_bytes)
+
+
+def symlink_on_the_way(path: Path, below: Path) -> bool:
+    """Whether ``below`` or an existing part of ``path`` under it is a symbolic link: an lstat per part up to the
+    first missing one (nothing below a missing part exists to point anywhere), far cheaper than resolving the whole
+    path from ``/``."""
+    current = str(below)
+    for part in ("", *path.relative_to(below).parts):
+        current = os.path.join(current, part) if part else current
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return True
+        except FileNotFoundError:
+            return False
+    return False
 
 
 def fsync_dir(path: Path) -> None:

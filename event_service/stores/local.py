@@ -34,6 +34,7 @@ from event_service.stores.base import (
     fsync_dir,
     iter_file,
     iter_source,
+    symlink_on_the_way,
 )
 from event_service.stores.errors import ChecksumMismatchError, InvalidKeyError, ObjectStoreError
 from event_service.stores.keys import is_valid_key
@@ -76,7 +77,7 @@ class LocalStore(ObjectStore):
 
     def _inside(self, key: str, path: Path) -> Path:
         """``path`` if, with symbolic links resolved, it stays below the root; else InvalidKeyError."""
-        if not self._symlink_below_root(path):
+        if not symlink_on_the_way(path, self.root):
             return path  # keys hold no '..' and no empty segment: only a symbolic link could lead out
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
@@ -84,20 +85,6 @@ class LocalStore(ObjectStore):
             raise InvalidKeyError(key, f"resolves to {real}, outside the store's directory {real_root} "
                                        "(through a symbolic link)")
         return path
-
-    def _symlink_below_root(self, path: Path) -> bool:
-        """Whether the root or an existing part of ``path`` below it is a symbolic link (an lstat per part,
-        cheaper than resolving the whole path from ``/`` for every object)."""
-        current = str(self.root)
-        parts = path.relative_to(self.root).parts
-        for part in ("", *parts):
-            current = os.path.join(current, part) if part else current
-            try:
-                if stat.S_ISLNK(os.lstat(current).st_mode):
-                    return True
-            except FileNotFoundError:
-                return False  # nothing below a missing part exists to point anywhere
-        return False
 
     def path(self, key: str) -> Path:
         """The file that holds (or would hold) ``key``'s data."""

@@ -32,6 +32,18 @@ def store(root: Path) -> LocalStore:
     return LocalStore(root)
 
 
+def crash_after_renaming_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next put stop right after its rename of the data into place, as a crash would."""
+    real_replace = os.replace
+
+    def crash_after_data_rename(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        if Path(dst).name == "out.root":
+            raise SimulatedCrash(dst)
+
+    monkeypatch.setattr(os, "replace", crash_after_data_rename)
+
+
 def without_xattrs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make setxattr fail as on a file system without user extended attributes (NFSv3, older tmpfs)."""
     def refuse(*args: object, **kwargs: object) -> None:
@@ -68,14 +80,7 @@ def test_an_overwrite_replaces_data_and_attribute_in_one_rename(store: LocalStor
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # Stop the put right after its rename (as a crash would): the new object is complete, data and metadata.
     store.put(KEY, b"old")
-    real_replace = os.replace
-
-    def crash_after_data_rename(src: str | Path, dst: str | Path) -> None:
-        real_replace(src, dst)
-        if Path(dst).name == "out.root":
-            raise SimulatedCrash(dst)
-
-    monkeypatch.setattr(os, "replace", crash_after_data_rename)
+    crash_after_renaming_the_data(monkeypatch)
     with pytest.raises(SimulatedCrash):
         store.put(KEY, b"new data")
     monkeypatch.undo()
@@ -131,14 +136,7 @@ def test_an_overwrite_removes_the_old_sidecar_before_the_data_changes(sidecar_st
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Stop the put right after its rename (as a crash would): the old metadata must already be gone.
     sidecar_store.put(KEY, b"old")
-    real_replace = os.replace
-
-    def crash_after_data_rename(src: str | Path, dst: str | Path) -> None:
-        real_replace(src, dst)
-        if Path(dst).name == "out.root":
-            raise SimulatedCrash(dst)
-
-    monkeypatch.setattr(os, "replace", crash_after_data_rename)
+    crash_after_renaming_the_data(monkeypatch)
     with pytest.raises(SimulatedCrash):
         sidecar_store.put(KEY, b"new data")
     assert (root / KEY).read_bytes() == b"new data"
