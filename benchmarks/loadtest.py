@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from event_service.api.server import free_port  # noqa: E402
-from event_service.client import RETRY_STATUSES  # noqa: E402
+from event_service.api.client import RETRY_STATUSES  # noqa: E402
 from event_service.ledger import Ledger  # noqa: E402
 from event_service.spec import TaskSpec  # noqa: E402
 from tests import pg  # noqa: E402
@@ -40,7 +40,7 @@ ADMIN = "loadtest-admin"
 TASK = "load"
 APP_NAME = "es-loadtest-api"
 CALLS = ("claim", "update", "heartbeat")
-RETRIES, BACKOFF_S, TIMEOUT_S = 5, 0.5, 30.0  # as event_service.client.DispatchClient
+RETRIES, BACKOFF_S, TIMEOUT_S = 5, 0.5, 30.0  # as event_service.api.client.DispatchClient
 KEEPALIVE_S = 4.0  # below uvicorn's 5 s, so that the client never reuses a connection the server is closing
 
 
@@ -273,7 +273,7 @@ class Client:
 
     async def call(self, call: str, body: dict[str, Any]) -> Any:
         """POST with the dispatch client's policy: a failed connection, a timeout or a 502/503/504 is tried
-        again after 0.5, 1, 2, 4, 8 s (``event_service.client``); each such try is counted under ``retries``,
+        again after 0.5, 1, 2, 4, 8 s (``event_service.api.client``); each such try is counted under ``retries``,
         and a call still failing after the last one, or answered with another error status, under ``errors``.
         The latency is the whole call's, tries included: what the runner waits."""
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.inputs import make_inputs  # noqa: E402
+from event_service.inputs.generate import make_inputs  # noqa: E402
 from event_service.ledger import Ledger  # noqa: E402
 from event_service.spec import InputFile  # noqa: E402
 from tests.airflow_cluster import AirflowCluster, ClusterConfig, DagRunResult, pg_database  # noqa: E402
@@ -120,7 +120,7 @@ def process_range(index: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from event_service.protocol import EventRangeMessage
+    from payload_runner.protocol import EventRangeMessage
     from event_service.stores import object_key, open_store
     from payload_runner.payloads.nullsim import write_output
 

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from event_service.ledger import RangeOutput  # noqa: E402
-from event_service.merge import MergedFile, merge_part, plan_merge  # noqa: E402
-from event_service.merge_hadd import HaddNotFoundError, find_hadd  # noqa: E402
-from event_service.models import RangeStatus  # noqa: E402
+from event_service.merge.part import MergedFile, merge_part  # noqa: E402
+from event_service.merge.plan import plan_merge
+from event_service.merge.hadd import HaddNotFoundError, find_hadd  # noqa: E402
+from event_service.statuses import RangeStatus  # noqa: E402
 from event_service.stores import LocalStore  # noqa: E402
 from payload_runner.payloads.toysim import LAYER_RADII_CM, write_output  # noqa: E402
 

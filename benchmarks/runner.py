@@ -24,11 +24,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.api import create_app  # noqa: E402
+from event_service.api.app import create_app  # noqa: E402
 from event_service.api.server import ServerThread  # noqa: E402
 from event_service.checksums import adler32_bytes  # noqa: E402
-from event_service.client import AdminClient  # noqa: E402
-from event_service.inputs import make_inputs  # noqa: E402
+from event_service.api.client import AdminClient  # noqa: E402
+from event_service.inputs.generate import make_inputs  # noqa: E402
 from event_service.ledger import Ledger  # noqa: E402
 from event_service.spec import TaskSpec  # noqa: E402
 from event_service.stores import S3Store, object_key  # noqa: E402

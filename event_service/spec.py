@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from event_service.errors import SpecError
-from event_service.models import refuse_nul
+from event_service.messages import refuse_nul
 from event_service.urls import INPUT_SCHEMES, STORE_SCHEMES, parse_storage_url
 
 TASK_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"

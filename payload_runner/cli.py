@@ -13,11 +13,11 @@ import sys
 import uuid
 from pathlib import Path
 
-from event_service.client import DispatchError
-from event_service.envvars import TOKEN_ENV
+from event_service.api.client import DispatchError
+from event_service.settings import TOKEN_ENV
 from event_service.spec import ObjectStoreSpec, TaskSpec
 from event_service.stores import ObjectStore, open_location
-from payload_runner.granted import GrantedUploads
+from payload_runner.presigned import GrantedUploads
 from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.runner import Runner
 from payload_runner.stageout import StageOutTarget

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from event_service.envvars import TOKEN_ENV
-from event_service.models import ClaimedRange
+from event_service.settings import TOKEN_ENV
+from event_service.messages import ClaimedRange
 from event_service.stores.base import symlink_on_the_way
 from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from event_service.models import IN_FLIGHT, WITH_OUTPUT, ClaimedRange, RangeUpdate, TaskState, UpdateResult
-from event_service.protocol import (
+from event_service.statuses import IN_FLIGHT, WITH_OUTPUT, TaskState
+from event_service.messages import ClaimedRange, RangeUpdate, UpdateResult
+from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
     NoMoreEvents,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from event_service.models import OutputRef
+from event_service.messages import OutputRef
 from event_service.stores import StoredObject, object_key
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from airflow.plugins_manager import AirflowPlugin
 
 from event_service.api.app import ADMIN_TOKEN_ENV, DB_ENV, create_app
 from event_service.api.auth import MONITOR_TOKEN_ENV
-from event_service.panda.router import PANDA_TOKEN_ENV
+from event_service.api.panda.router import PANDA_TOKEN_ENV
 from event_service.ledger import Ledger
 from event_service_airflow.hooks import ObjectStoreHook
 from event_service_airflow.monitor import EXTERNAL_VIEWS, airflow_ui_user

@@ -16,10 +16,10 @@ from airflow.configuration import conf
 from airflow.sdk import DAG, Asset, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from event_service.catalog import catalog_entries
-from event_service.certify import JSON_SUFFIX, PNG_SUFFIX
+from event_service.merge.register import catalog_entries
+from event_service.merge.certify import JSON_SUFFIX, PNG_SUFFIX
 from event_service.errors import TaskNotFoundError
-from event_service.inputs import make_inputs
+from event_service.inputs.generate import make_inputs
 from event_service.stores import open_store
 from event_service_airflow.factory import SECTION, START, FactorySettings
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook

@@ -26,13 +26,13 @@ from event_service.errors import (
     TokenRejectedError,
 )
 from event_service.api.auth import MONITOR_TOKEN_ENV
-from event_service.envvars import ADMIN_TOKEN_ENV, DB_ENV
+from event_service.settings import ADMIN_TOKEN_ENV, DB_ENV
 from event_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, NulGuard
 from event_service.api.metrics import metrics_router
 from event_service.api.responses import ADMIN_ONLY, COMMON, CONFLICT, INVALID, NOT_FOUND, TASK_TOKEN
 from event_service.api.uploads import NoPresignedUploadsError, UploadGrants, UploadRefusedError
 from event_service.ledger import Ledger, TaskRecord
-from event_service.models import (
+from event_service.messages import (
     ClaimReply,
     ClaimRequest,
     HeartbeatReply,
@@ -45,9 +45,9 @@ from event_service.models import (
     UploadGrant,
     UploadRequest,
 )
-from event_service.monitor import monitor_router
-from event_service.panda.router import PANDA_TOKEN_ENV, panda_router
-from event_service.panda.service import PandaSettings
+from event_service.api.monitor.router import monitor_router
+from event_service.api.panda.router import PANDA_TOKEN_ENV, panda_router
+from event_service.api.panda.service import PandaSettings
 from event_service.spec import TaskSpec
 from event_service.stores import InvalidKeyError, ObjectStoreError
 

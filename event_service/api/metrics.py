@@ -19,7 +19,7 @@ from event_service.api.auth import Reader
 from event_service.api.responses import ErrorReply
 from event_service.ledger import Ledger
 from event_service.ledger.schema import ranges, tasks, transitions, workers
-from event_service.models import OPEN, WITH_OUTPUT, RangeStatus, TaskState
+from event_service.statuses import OPEN, WITH_OUTPUT, RangeStatus, TaskState
 
 # The code payload_runner reports for an output it could not store (payload_runner/runner.py).
 STAGEOUT_ERROR = "ERR_STAGEOUT"

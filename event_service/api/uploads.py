@@ -6,7 +6,8 @@ import threading
 from collections.abc import Callable
 
 from event_service.ledger import Ledger
-from event_service.models import IN_FLIGHT, UploadGrant, UploadRequest
+from event_service.statuses import IN_FLIGHT
+from event_service.messages import UploadGrant, UploadRequest
 from event_service.spec import StoreLocation
 from event_service.stores import ObjectStore, StoreCredentialsError, object_key, open_location
 

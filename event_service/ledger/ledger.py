@@ -47,24 +47,13 @@ from event_service.ledger.schema import (
     transitions,
     workers,
 )
-from event_service.models import (
-    IN_FLIGHT,
-    OPEN,
-    WITH_OUTPUT,
-    ClaimedRange,
-    ClaimReply,
-    HeartbeatReply,
-    RangeStatus,
-    RangeUpdate,
-    TaskState,
-    TaskStatus,
-    UpdateResult,
-)
+from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState
+from event_service.messages import ClaimedRange, ClaimReply, HeartbeatReply, RangeUpdate, TaskStatus, UpdateResult
 from event_service.spec import TaskSpec
 from event_service.urls import same_store
 
 from event_service.ledger.records import TaskRecord, hash_token
-from event_service.ledger.results import LedgerResults, row_of
+from event_service.ledger.outputs import LedgerResults, row_of
 from event_service.ledger.statements import (
     BULK_WRITE,
     CLAIM,

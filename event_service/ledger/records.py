@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from event_service.models import RangeStatus
+from event_service.statuses import RangeStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, String, bindparam, column, func, insert, literal, literal_column, select, update
 
 from event_service.ledger.schema import ranges, transitions
-from event_service.models import RangeStatus
+from event_service.statuses import RangeStatus
 
 S = RangeStatus
 

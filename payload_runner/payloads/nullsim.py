@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from event_service.protocol import (
+from payload_runner.protocol import (
     EventRangeMessage,
     NoMoreEvents,
     OutputReport,

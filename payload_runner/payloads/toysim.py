@@ -21,7 +21,7 @@ import numpy as np
 import uproot
 import uproot.source.http
 
-from event_service.protocol import (
+from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
     NoMoreEvents,

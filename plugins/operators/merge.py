@@ -10,8 +10,9 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from event_service.certify import certify_merged
-from event_service.merge import CorruptedOutputsError, merge_part, plan_merge, report_corrupted
+from event_service.merge.certify import certify_merged
+from event_service.merge.part import CorruptedOutputsError, merge_part, report_corrupted
+from event_service.merge.plan import plan_merge
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 STAGING = "_merged"

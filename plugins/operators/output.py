@@ -10,8 +10,8 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from event_service.catalog import cleanup_range_outputs, register_output
-from event_service.merge import MergedFile
+from event_service.merge.register import cleanup_range_outputs, register_output
+from event_service.merge.part import MergedFile
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 from event_service_airflow.operators.merge import STAGING
 

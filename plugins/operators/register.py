@@ -8,8 +8,8 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from event_service.errors import SpecError, TaskNotFoundError
-from event_service.input_check import InputCheckError, require_readable_inputs
-from event_service.models import TaskState
+from event_service.inputs.check import InputCheckError, require_readable_inputs
+from event_service.statuses import TaskState
 from event_service.spec import TaskSpec
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 

@@ -12,7 +12,7 @@ from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from event_service.completion import Completion, check_completion
+from event_service.merge.completion import Completion, check_completion
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 
@@ -30,7 +30,7 @@ def judge(task_name: str, ledger_conn_id: str, store_conn_id: str) -> Completion
 
 def merge_parts(task_name: str, ledger_conn_id: str) -> list[int]:
     """The part numbers the merge is mapped over, from the merge plan of the finished ranges."""
-    from event_service.merge import plan_merge
+    from event_service.merge.plan import plan_merge
 
     with LedgerHook(ledger_conn_id).get_conn() as ledger:
         spec = ledger.task_spec(task_name)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from event_service.inputs import make_inputs
+from event_service.inputs.generate import make_inputs
 from event_service.spec import InputFile
 
 

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow.triggers.base import TriggerEvent
 
 from event_service.ledger import Ledger
-from event_service.models import OutputRef, RangeUpdate
+from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import InputFile, TaskSpec
 from event_service.stores import LocalStore
 from event_service_airflow.sensors import TaskCompleteSensor, TaskCompleteTrigger

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from event_service.catalog import catalog_entries
-from event_service.certify import Validation
+from event_service.merge.register import catalog_entries
+from event_service.merge.certify import Validation
 from event_service.ledger import Ledger
 
 EXE = Path(sys.executable).with_name("event-service")
@@ -37,7 +37,7 @@ def test_the_demo_dag_runs_merges_registers_and_validates(tmp_path: Path) -> Non
 
 
 def test_the_preproduction_dag_passes_records_and_cleans_up(tmp_path: Path) -> None:
-    from event_service.demo_dag import REPO, airflow_environment
+    from event_service.cli.airflow_demo import REPO, airflow_environment
 
     (tmp_path / "tasks").mkdir()
     env = airflow_environment(tmp_path, tmp_path / "tasks", REPO / "dags")

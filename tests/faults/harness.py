@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from event_service.ledger import Ledger
 from event_service.ledger.schema import ranges
-from event_service.models import IN_FLIGHT
+from event_service.statuses import IN_FLIGHT
 from tests import pg
 from tests.servers import LOCAL_HOST, free_ports, log_tail, stop_process
 

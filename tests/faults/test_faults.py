@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import uproot
 
-from event_service.client import AdminClient
-from event_service.completion import check_completion
-from event_service.inputs import make_inputs
+from event_service.api.client import AdminClient
+from event_service.merge.completion import check_completion
+from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
-from event_service.merge import CorruptedOutputsError, MergedFile, merge_part, plan_merge, report_corrupted
+from event_service.merge.part import CorruptedOutputsError, MergedFile, merge_part, report_corrupted
+from event_service.merge.plan import plan_merge
 from event_service.spec import TaskSpec
 from event_service.stores import ObjectStore, S3Store
 from tests import pg

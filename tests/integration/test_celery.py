@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import uproot
 
-from event_service.catalog import catalog_entries
-from event_service.client import AdminClient
-from event_service.inputs import make_inputs
+from event_service.merge.register import catalog_entries
+from event_service.api.client import AdminClient
+from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.spec import TaskSpec
 from tests import servers

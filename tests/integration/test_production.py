@@ -14,8 +14,8 @@ import uproot
 import yaml
 from sqlalchemy import select
 
-from event_service.catalog import catalog_entries
-from event_service.inputs import make_inputs
+from event_service.merge.register import catalog_entries
+from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.ledger.schema import tasks, workers
 from tests.airflow_cluster import AirflowCluster, ClusterConfig, pg_database

@@ -12,8 +12,8 @@ from types import ModuleType
 
 import pytest
 
-from event_service.panda.service import CHANNEL_MARKER as SERVER_MARKER
-from event_service.panda.service import LAUNCHER as SERVER_LAUNCHER
+from event_service.api.panda.service import CHANNEL_MARKER as SERVER_MARKER
+from event_service.api.panda.service import LAUNCHER as SERVER_LAUNCHER
 from payload_runner.channel import PayloadChannel
 from payload_runner.pilot_shim import CHANNEL_MARKER, LAUNCHER, SHIM_DIR
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import uproot
 
-from event_service.inputs import make_inputs
-from event_service.protocol import (
+from event_service.inputs.generate import make_inputs
+from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
     OutputReport,

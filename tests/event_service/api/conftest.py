@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
-from event_service.api import create_app
+from event_service.api.app import create_app
 from event_service.ledger import Ledger
 from tests.event_service.conftest import spec_data
 

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from fastapi.testclient import TestClient
 
-from event_service.api import create_app
+from event_service.api.app import create_app
 from tests.event_service.api.conftest import ADMIN, Api
 from tests.event_service.api.test_api import ledger_state
 from tests.event_service.conftest import spec_data

@@ -19,14 +19,14 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import text
 
-from event_service.api import create_app
-from event_service.catalog import register_output
-from event_service.certify import Histogram, Validation
+from event_service.api.app import create_app
+from event_service.merge.register import register_output
+from event_service.merge.certify import Histogram, Validation
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
-from event_service.merge import MergedFile
-from event_service.models import OutputRef, RangeUpdate
-from event_service.panda.router import METHODS
+from event_service.merge.part import MergedFile
+from event_service.messages import OutputRef, RangeUpdate
+from event_service.api.panda.router import METHODS
 from event_service.stores import LocalStore
 from tests.event_service.conftest import spec_data
 

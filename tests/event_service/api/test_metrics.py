@@ -10,10 +10,10 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from event_service.api import create_app
+from event_service.api.app import create_app
 from event_service.api.server import ServerThread
 from event_service.ledger import Ledger
-from event_service.models import OutputRef, RangeUpdate
+from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import TaskSpec
 from tests.event_service.conftest import spec_data
 

@@ -1,7 +1,0 @@
-"""Monitoring: read-only views of the tasks in the ledger, as JSON and as a page that refreshes by itself."""
-
-from __future__ import annotations
-
-from event_service.monitor.router import monitor_router
-
-__all__ = ["monitor_router"]

@@ -1,0 +1,3 @@
+"""Tests of event_service.inputs."""
+
+from __future__ import annotations

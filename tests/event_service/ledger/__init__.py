@@ -1,0 +1,3 @@
+"""Tests of event_service.ledger."""
+
+from __future__ import annotations
