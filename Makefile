@@ -1,11 +1,11 @@
-# Developer entry points: `make demo`, `make test`, `make bench`, `make clean`.
+# Developer entry points: `make demo`, `make test`, `make lint`, `make bench`, `make clean`.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv install install-test demo test bench clean
+.PHONY: all venv install install-test demo lint test bench clean
 
 all: test
 
@@ -14,13 +14,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# Stamp files: reinstall only when pyproject.toml changes.
+# Stamp files: reinstall only when pyproject.toml changes. The demo runs its task through Airflow, so it installs
+# the [airflow] extra; a worker node needs only the base package (`pip install airflow-event-service`).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e '.[airflow]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[airflow,test]'
 	touch $@
 
 venv install: $(VENV)/.installed
@@ -30,8 +31,12 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(BIN)/event-service demo --workdir .demo
 
-# pytest's exit status is make's (including 5, "no tests collected").
-test: $(VENV)/.installed-test
+# ruff's settings are in pyproject.toml ([tool.ruff]).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+# Lint first, then pytest; pytest's exit status is make's (including 5, "no tests collected").
+test: lint
 	bash tools/ensure-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -10,11 +10,12 @@ COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow-event-service/
 COPY --chown=airflow:0 event_service /opt/airflow-event-service/event_service
 COPY --chown=airflow:0 payload_runner /opt/airflow-event-service/payload_runner
 COPY --chown=airflow:0 plugins /opt/airflow-event-service/plugins
-# EVENT_SERVICE_EXTRAS adds the package's extras, e.g. --build-arg EVENT_SERVICE_EXTRAS='[root]' for ROOT's
-# hadd behind `merge: {command: event-service-hadd}` (250 MB more).
-ARG EVENT_SERVICE_EXTRAS=""
+# EVENT_SERVICE_EXTRAS names the package's extras: [airflow] (the Airflow layer) always, more with e.g.
+# --build-arg EVENT_SERVICE_EXTRAS='airflow,root' for ROOT's hadd behind `merge: {command: event-service-hadd}`
+# (250 MB more).
+ARG EVENT_SERVICE_EXTRAS="airflow"
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" "apache-airflow-providers-celery==3.26.0" \
-        "/opt/airflow-event-service${EVENT_SERVICE_EXTRAS}"
+        "/opt/airflow-event-service[${EVENT_SERVICE_EXTRAS}]"
 
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 tasks /opt/airflow/tasks

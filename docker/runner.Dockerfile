@@ -3,16 +3,12 @@
 # Build context: the repository root, e.g. `docker build -f docker/runner.Dockerfile -t event-service-runner .`
 FROM python:3.11-slim
 
-# The package depends on apache-airflow (for its Airflow layer), which the runner never imports: install the
-# runner's own dependencies from docker/runner-requirements.txt, then the package itself with --no-deps.
-COPY docker/runner-requirements.txt /tmp/runner-requirements.txt
-RUN pip install --no-cache-dir -r /tmp/runner-requirements.txt && rm /tmp/runner-requirements.txt
-
+# The package's base install is the core and the worker, without Airflow (that is the [airflow] extra).
 COPY pyproject.toml README.md /src/
 COPY event_service /src/event_service
 COPY payload_runner /src/payload_runner
 COPY plugins /src/plugins
-RUN pip install --no-cache-dir --no-deps /src && rm -rf /src
+RUN pip install --no-cache-dir /src && rm -rf /src
 
 RUN useradd --create-home --uid 1000 runner && mkdir -p /scratch /data && chown runner /scratch /data
 USER 1000

@@ -162,17 +162,23 @@ def test_runner_image_installs_the_runner_without_airflow() -> None:
     steps = dockerfile(ROOT / BUILT["event-service-runner"])
     assert steps[0][1] == "python:3.11-slim"
     runs = [arguments for keyword, arguments in steps if keyword == "RUN"]
-    assert any("pip install --no-cache-dir --no-deps /src" in run for run in runs)
-    wanted = [line for line in (DOCKER / "runner-requirements.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    assert any("pip install --no-cache-dir /src" in run for run in runs), "the package's base install"
+    assert not any("[" in run and "/src[" in run for run in runs), "no extras: the runner needs none"
     declared = {requirement_name(dep) for dep in project()["project"]["dependencies"]}
-    names = {requirement_name(line) for line in wanted}
-    assert not any(name.startswith("apache-airflow") for name in names)
-    assert names <= declared | {"cramjam", "xxhash", "fsspec", "packaging", "botocore", "urllib3"}, \
-        names - declared
+    assert not any(name.startswith("apache-airflow") for name in declared), "the base install holds no Airflow"
+    airflow_extra = {requirement_name(dep) for dep in project()["project"]["optional-dependencies"]["airflow"]}
+    assert "apache-airflow" in airflow_extra
     entrypoint = [exec_form(arguments) for keyword, arguments in steps if keyword == "ENTRYPOINT"]
     assert entrypoint == [["payload-runner"]]
     assert "payload-runner" in project()["project"]["scripts"]
+
+
+def test_airflow_image_installs_the_airflow_extra() -> None:
+    steps = dockerfile(ROOT / BUILT["event-service-airflow"])
+    extras = [arguments for keyword, arguments in steps if keyword == "ARG" and "EVENT_SERVICE_EXTRAS" in arguments]
+    assert extras == ['EVENT_SERVICE_EXTRAS="airflow"']
+    runs = " ".join(arguments for keyword, arguments in steps if keyword == "RUN")
+    assert '"/opt/airflow-event-service[${EVENT_SERVICE_EXTRAS}]"' in runs
 
 
 # -- the compose file ----------------------------------------------------------------------------------------
