@@ -69,7 +69,9 @@ class OutputRef(_Message):
     @field_validator("key")
     @classmethod
     def _key(cls, key: str) -> str:
-        from event_service.stores.keys import validate_key  # the stores' own rule: a key they can hold
+        from event_service.stores.keys import (
+            validate_key,  # the stores' own rule: a key they can hold
+        )
 
         return validate_key(key)
 

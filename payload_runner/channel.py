@@ -13,8 +13,10 @@ from typing import Self
 
 import zmq
 
-CHANNEL_ENV = "EVENT_SERVICE_CHANNEL"
-PAYLOAD_ID_ENV = "EVENT_SERVICE_PAYLOAD_ID"
+from event_service import settings
+
+CHANNEL_ENV = settings.CHANNEL.name
+PAYLOAD_ID_ENV = settings.PAYLOAD_ID.name
 MAX_IPC_PATH = 100
 SHORT_IPC_FOLDER = Path("/tmp")
 DEFAULT_LINGER_S = 1.0
@@ -213,12 +215,12 @@ class PayloadChannel(_Channel):
     def __init__(self, address: str | None = None, identity: str | None = None,
                  linger_s: float = DEFAULT_LINGER_S) -> None:
         if address is None:
-            address = os.environ.get(CHANNEL_ENV, "")
+            address = settings.CHANNEL.get() or ""
             if not address:
                 raise ChannelError(f"no channel to the runner: {CHANNEL_ENV} is not set (the payload runner "
                                    "sets it to the address the payload must connect to)")
         if identity is None:
-            identity = os.environ.get(PAYLOAD_ID_ENV) or None
+            identity = settings.PAYLOAD_ID.get()
         super().__init__(address, zmq.DEALER, linger_s)
         try:
             if identity is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import shutil
 import socket
@@ -13,15 +12,21 @@ import sys
 import uuid
 from pathlib import Path
 
+from event_service import settings
 from event_service.api.client import DispatchError
-from event_service.settings import TOKEN_ENV
 from event_service.spec import ObjectStoreSpec, TaskSpec
 from event_service.stores import ObjectStore, open_location
-from payload_runner.presigned import GrantedUploads
 from payload_runner.options import RunnerOptions, RunSummary
+from payload_runner.presigned import GrantedUploads
 from payload_runner.runner import Runner
+from payload_runner.source import (
+    JobFile,
+    JobFileSource,
+    LedgerSource,
+    RangeSource,
+    ServerSource,
+)
 from payload_runner.stageout import StageOutTarget
-from payload_runner.source import JobFile, JobFileSource, LedgerSource, RangeSource, ServerSource
 
 log = logging.getLogger("payload_runner")
 
@@ -35,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--job-file", type=Path, help="a job file with the ranges; no server (off-grid tests)")
     where.add_argument("--ledger", help="ledger database URL, to work on the ledger directly (embedded mode)")
     parser.add_argument("--task", help="task name (with --server)")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"task token (default: ${TOKEN_ENV})")
+    parser.add_argument("--token", default=settings.TOKEN.get(), help=f"task token (default: ${settings.TOKEN.name})")
     parser.add_argument("--payload", help="payload command (default: the task's)")
     parser.add_argument("--workers", type=int, default=1, help="payload processes fed from one queue")
     parser.add_argument("--workdir", type=Path, help="work directory (default: ./es-runner-<task>)")
@@ -127,7 +132,7 @@ def resolve_command(argv: list[str]) -> list[str]:
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.server and not (args.task and args.token):
-        parser.error(f"--server needs --task and a token (--token or ${TOKEN_ENV})")
+        parser.error(f"--server needs --task and a token (--token or ${settings.TOKEN.name})")
     if args.ledger and not args.task:
         parser.error("--ledger needs --task")
     if not args.claim_ahead > 0:

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from event_service.checksums import adler32_file
 from event_service.api.client import DispatchError
+from event_service.checksums import adler32_file
 from event_service.messages import UploadGrant, UploadRequest
 from event_service.stores import ObjectStoreError, StoredObject, StoreUnavailableError
 

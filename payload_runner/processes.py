@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from event_service.settings import TOKEN_ENV
+from event_service import settings
 from event_service.messages import ClaimedRange
 from event_service.stores.base import symlink_on_the_way
 from payload_runner.channel import CHANNEL_ENV, PAYLOAD_ID_ENV
@@ -144,7 +144,7 @@ class PayloadPool:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"payload.{self._generation}.log"
         # The payload gets the runner's environment but not the task token: it talks to the runner, not the API.
-        env = {**{k: v for k, v in os.environ.items() if k != TOKEN_ENV}, CHANNEL_ENV: self.channel,
+        env = {**{k: v for k, v in os.environ.items() if k != settings.TOKEN.name}, CHANNEL_ENV: self.channel,
                PAYLOAD_ID_ENV: identity}
         with log_path.open("wb") as log_file:
             try:

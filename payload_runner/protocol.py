@@ -14,7 +14,6 @@ from __future__ import annotations
 #                          "PFN": ..., "scope": ...}]`` (JSON, one range) or ``No more events``
 #   payload -> runner   ``<output path>,ID:<eventRangeID>,CPU:<s>,WALL:<s>`` (older form without ``ID:``)
 #                       or ``ERR_<NAME> <eventRangeID>: <message>``
-
 import json
 import math
 import re

@@ -14,8 +14,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from event_service.statuses import IN_FLIGHT, WITH_OUTPUT, TaskState
 from event_service.messages import ClaimedRange, RangeUpdate, UpdateResult
+from event_service.statuses import IN_FLIGHT, WITH_OUTPUT, TaskState
+from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
+from payload_runner.manifest import Manifest, PendingOutput
+from payload_runner.options import RunnerOptions, RunSummary
+from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
 from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -25,12 +29,13 @@ from payload_runner.protocol import (
     ReadyForEvents,
     parse_payload_message,
 )
-from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
-from payload_runner.manifest import Manifest, PendingOutput
-from payload_runner.options import RunnerOptions, RunSummary
-from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
 from payload_runner.source import RangeSource
-from payload_runner.stageout import StageOut, StageOutJob, StageOutResult, StageOutTarget
+from payload_runner.stageout import (
+    StageOut,
+    StageOutJob,
+    StageOutResult,
+    StageOutTarget,
+)
 
 log = logging.getLogger(__name__)
 

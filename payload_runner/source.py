@@ -13,9 +13,21 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from event_service.api.client import DispatchClient, DispatchError
+from event_service.messages import (
+    ClaimedRange,
+    RangeInfo,
+    RangeUpdate,
+    UpdateResult,
+    UploadGrant,
+    UploadRequest,
+)
+from event_service.spec import (
+    ObjectStoreSpec,
+    PayloadSpec,
+    TaskSpec,
+    describe_validation_error,
+)
 from event_service.statuses import RangeStatus, TaskState
-from event_service.messages import ClaimedRange, RangeInfo, RangeUpdate, UpdateResult, UploadGrant, UploadRequest
-from event_service.spec import ObjectStoreSpec, PayloadSpec, TaskSpec, describe_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -13,11 +12,29 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from event_service import __version__
+from event_service import __version__, settings
+from event_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, NulGuard
+from event_service.api.metrics import metrics_router
+from event_service.api.monitor.router import monitor_router
+from event_service.api.panda.router import panda_router
+from event_service.api.panda.service import PandaSettings
+from event_service.api.responses import (
+    ADMIN_ONLY,
+    COMMON,
+    CONFLICT,
+    INVALID,
+    NOT_FOUND,
+    TASK_TOKEN,
+)
+from event_service.api.uploads import (
+    NoPresignedUploadsError,
+    UploadGrants,
+    UploadRefusedError,
+)
 from event_service.errors import (
     LedgerUnavailableError,
     RangeNotFoundError,
@@ -25,12 +42,6 @@ from event_service.errors import (
     TaskNotFoundError,
     TokenRejectedError,
 )
-from event_service.api.auth import MONITOR_TOKEN_ENV
-from event_service.settings import ADMIN_TOKEN_ENV, DB_ENV
-from event_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, NulGuard
-from event_service.api.metrics import metrics_router
-from event_service.api.responses import ADMIN_ONLY, COMMON, CONFLICT, INVALID, NOT_FOUND, TASK_TOKEN
-from event_service.api.uploads import NoPresignedUploadsError, UploadGrants, UploadRefusedError
 from event_service.ledger import Ledger, TaskRecord
 from event_service.messages import (
     ClaimReply,
@@ -45,9 +56,6 @@ from event_service.messages import (
     UploadGrant,
     UploadRequest,
 )
-from event_service.api.monitor.router import monitor_router
-from event_service.api.panda.router import PANDA_TOKEN_ENV, panda_router
-from event_service.api.panda.service import PandaSettings
 from event_service.spec import TaskSpec
 from event_service.stores import InvalidKeyError, ObjectStoreError
 
@@ -98,7 +106,7 @@ def require_admin(request: Request, credentials: Credentials) -> None:
         raise _unauthorized("missing bearer token")
     if request.app.state.admin_token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            f"this server has no admin token; set {ADMIN_TOKEN_ENV} to create or cancel tasks")
+                            f"this server has no admin token; set {settings.ADMIN_TOKEN.name} to create or cancel tasks")
     if not _is_admin(request, credentials.credentials):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin token is required")
 
@@ -277,9 +285,9 @@ def create_app(ledger: Ledger | Callable[[], Ledger], admin_token: str | None, *
 
 def app_from_env() -> FastAPI:
     """The app as ``event-service serve`` runs it: ledger URL and admin token from the environment."""
-    url = os.environ.get(DB_ENV)
+    url = settings.DB.get()
     if not url:
-        raise RuntimeError(f"set {DB_ENV} to the ledger's database URL (postgresql://… or sqlite:///path)")
-    return create_app(Ledger(url), os.environ.get(ADMIN_TOKEN_ENV) or None, close_ledger=True,
-                      panda_token=os.environ.get(PANDA_TOKEN_ENV) or None,
-                      monitor_token=os.environ.get(MONITOR_TOKEN_ENV) or None)
+        raise RuntimeError(f"set {settings.DB.name} to the ledger's database URL (postgresql://… or sqlite:///path)")
+    return create_app(Ledger(url), settings.ADMIN_TOKEN.get(), close_ledger=True,
+                      panda_token=settings.PANDA_TOKEN.get(),
+                      monitor_token=settings.MONITOR_TOKEN.get())

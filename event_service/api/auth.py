@@ -9,8 +9,6 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-MONITOR_TOKEN_ENV = "EVENT_SERVICE_MONITOR_TOKEN"
-
 # A host (the Airflow plugin) may let in its own users: each check gets the request and says yes or no.
 ReaderCheck = Callable[[Request], bool]
 

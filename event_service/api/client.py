@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from urllib.parse import quote
 from collections.abc import Sequence
 from typing import Any, Self
+from urllib.parse import quote
 
 import requests
 

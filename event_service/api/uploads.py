@@ -6,10 +6,15 @@ import threading
 from collections.abc import Callable
 
 from event_service.ledger import Ledger
-from event_service.statuses import IN_FLIGHT
 from event_service.messages import UploadGrant, UploadRequest
 from event_service.spec import StoreLocation
-from event_service.stores import ObjectStore, StoreCredentialsError, object_key, open_location
+from event_service.statuses import IN_FLIGHT
+from event_service.stores import (
+    ObjectStore,
+    StoreCredentialsError,
+    object_key,
+    open_location,
+)
 
 # S3 checks a URL's expiry when the upload starts, so a long upload outlives it; a short life bounds what a
 # grant is worth after the lease lapses or the task is cancelled.

@@ -15,9 +15,10 @@ from typing import Any
 import uproot
 import yaml
 
-from event_service.merge.register import catalog_entries
+from event_service import settings
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
+from event_service.merge.register import catalog_entries
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = Path(sys.executable).with_name("airflow")
@@ -37,7 +38,7 @@ def airflow_environment(workdir: Path, tasks: Path, dags: Path) -> dict[str, str
         "AIRFLOW__EVENT_SERVICE__POLL_INTERVAL": "1",
         "AIRFLOW__EVENT_SERVICE__DISPATCH_CONN_ID": "",
         "AIRFLOW_CONN_EVENT_SERVICE_LEDGER": json.dumps(ledger),
-        "EVENT_SERVICE_WORKDIR": str(workdir / "work"),
+        settings.WORKDIR.name: str(workdir / "work"),
     }
 
 

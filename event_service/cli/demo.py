@@ -17,13 +17,13 @@ from typing import Any
 import uproot
 
 from event_service.api.app import create_app
+from event_service.api.client import AdminClient
 from event_service.api.server import ServerThread
 from event_service.checksums import adler32_file
-from event_service.api.client import AdminClient
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
-from event_service.statuses import RangeStatus, TaskState
 from event_service.spec import TaskSpec
+from event_service.statuses import RangeStatus, TaskState
 
 RUNNER = Path(sys.executable).with_name("payload-runner")
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from event_service.settings import ADMIN_TOKEN_ENV, DB_ENV
+from event_service import settings
 from event_service.cli.tasks import add_commands
 
 
@@ -17,17 +17,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     from event_service.ledger import Ledger
 
-    url = args.db or os.environ.get(DB_ENV)
+    url = args.db or settings.DB.get()
     if not url:
-        print(f"event-service serve: give --db URL or set {DB_ENV} (postgresql://… or sqlite:///path)",
+        print(f"event-service serve: give --db URL or set {settings.DB.name} (postgresql://… or sqlite:///path)",
               file=sys.stderr)
         return 2
     # Open the ledger once here: a bad URL or an unreachable database is reported before serving.
     Ledger(url).close()
-    if not os.environ.get(ADMIN_TOKEN_ENV):
+    if not settings.ADMIN_TOKEN.get():
         logging.getLogger("event_service").warning(
-            "%s is not set: creating, listing and cancelling tasks will be refused", ADMIN_TOKEN_ENV)
-    os.environ[DB_ENV] = url
+            "%s is not set: creating, listing and cancelling tasks will be refused", settings.ADMIN_TOKEN.name)
+    os.environ[settings.DB.name] = url
     uvicorn.run("event_service.api.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=args.access_log)
     return 0
@@ -46,7 +46,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _make_input(args: argparse.Namespace) -> int:
-    from event_service.inputs.generate import DEFAULT_SEED, INPUTS_FILE, inputs_yaml, make_inputs
+    from event_service.inputs.generate import (
+        DEFAULT_SEED,
+        INPUTS_FILE,
+        inputs_yaml,
+        make_inputs,
+    )
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     inputs = make_inputs(args.out, events=args.events, files=args.files, seed=seed, force=args.force)
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the dispatch API")
-    serve.add_argument("--db", help=f"ledger database URL (default: ${DB_ENV})")
+    serve.add_argument("--db", help=f"ledger database URL (default: ${settings.DB.name})")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

@@ -18,14 +18,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from event_service.settings import ADMIN_TOKEN_ENV
+from event_service import settings
 from event_service.api.client import AdminClient, DispatchClient, DispatchError
 from event_service.errors import SpecError
-from event_service.statuses import RangeStatus, TaskState
 from event_service.messages import TaskStatus
 from event_service.spec import TaskSpec
+from event_service.statuses import RangeStatus, TaskState
 
-URL_ENV = "EVENT_SERVICE_URL"
 TIMEOUT_S = 30.0
 S = RangeStatus
 
@@ -205,9 +204,9 @@ def status_lines(status: TaskStatus) -> list[str]:
 # -- connections and errors --------------------------------------------------------------------------------
 
 def _server(args: argparse.Namespace) -> str:
-    server = args.server or os.environ.get(URL_ENV)
+    server = args.server or settings.URL.get()
     if not server:
-        raise CommandError(f"no server: give --server URL or set {URL_ENV} (e.g. http://airflow:8080/event-service)",
+        raise CommandError(f"no server: give --server URL or set {settings.URL.name} (e.g. http://airflow:8080/event-service)",
                            2)
     if not server.startswith(("http://", "https://")):
         raise CommandError(f"--server must be an http:// or https:// URL, got {server!r}", 2)
@@ -215,9 +214,9 @@ def _server(args: argparse.Namespace) -> str:
 
 
 def _token(args: argparse.Namespace) -> str:
-    token = args.token or os.environ.get(ADMIN_TOKEN_ENV)
+    token = args.token or settings.ADMIN_TOKEN.get()
     if not token:
-        raise CommandError(f"no token: give --token or set {ADMIN_TOKEN_ENV}", 2)
+        raise CommandError(f"no token: give --token or set {settings.ADMIN_TOKEN.name}", 2)
     return str(token)
 
 
@@ -242,7 +241,7 @@ def _unreachable(server: str, exc: ConnectionError) -> str:
 def _refused(server: str, exc: DispatchError) -> str:
     detail = str(exc.detail) if exc.detail else "no explanation"
     if exc.status == 401:
-        return f"HTTP 401: {detail}; give --token or set {ADMIN_TOKEN_ENV}"
+        return f"HTTP 401: {detail}; give --token or set {settings.ADMIN_TOKEN.name}"
     if exc.status == 404 and detail == "Not Found":
         return (f"HTTP 404 for {exc.url}: is {server} the dispatch API's base URL (with its path prefix, e.g. "
                 f"http://airflow:8080/event-service)?")
@@ -260,7 +259,7 @@ def _one_line(command: Command) -> Command:
         client_log = logging.getLogger("event_service.api.client")
         level = client_log.level
         client_log.setLevel(logging.ERROR)  # a retry is not worth a line here
-        server = args.server or os.environ.get(URL_ENV) or ""
+        server = args.server or settings.URL.get() or ""
         try:
             return command(args)
         except CommandError as exc:
@@ -400,8 +399,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``tasks``, ``status``, ``create`` and ``cancel`` to the ``event-service`` parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", metavar="URL",
-                        help=f"the dispatch API, e.g. http://airflow:8080/event-service (default: ${URL_ENV})")
-    common.add_argument("--token", help=f"the admin token (default: ${ADMIN_TOKEN_ENV})")
+                        help=f"the dispatch API, e.g. http://airflow:8080/event-service (default: ${settings.URL.name})")
+    common.add_argument("--token", help=f"the admin token (default: ${settings.ADMIN_TOKEN.name})")
 
     tasks = commands.add_parser("tasks", parents=[common], help="list the tasks with their progress (a table)")
     tasks.set_defaults(run=run_tasks)

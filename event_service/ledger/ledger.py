@@ -32,8 +32,22 @@ from event_service.errors import (
     TaskNotFoundError,
     TokenRejectedError,
 )
-from event_service.ledger.engine import MAX_OVERFLOW, POOL_SIZE, create_ledger_engine, is_retryable
-from event_service.ledger.rules import Decision, RangeRow, Step, WorkerHistory, decide, fail_or_requeue
+from event_service.ledger.engine import (
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    create_ledger_engine,
+    is_retryable,
+)
+from event_service.ledger.outputs import LedgerResults, row_of
+from event_service.ledger.records import TaskRecord, hash_token
+from event_service.ledger.rules import (
+    Decision,
+    RangeRow,
+    Step,
+    WorkerHistory,
+    decide,
+    fail_or_requeue,
+)
 from event_service.ledger.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -47,13 +61,6 @@ from event_service.ledger.schema import (
     transitions,
     workers,
 )
-from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState
-from event_service.messages import ClaimedRange, ClaimReply, HeartbeatReply, RangeUpdate, TaskStatus, UpdateResult
-from event_service.spec import TaskSpec
-from event_service.urls import same_store
-
-from event_service.ledger.records import TaskRecord, hash_token
-from event_service.ledger.outputs import LedgerResults, row_of
 from event_service.ledger.statements import (
     BULK_WRITE,
     CLAIM,
@@ -64,6 +71,17 @@ from event_service.ledger.statements import (
     READ_RANGES,
     ROW_COLUMNS,
 )
+from event_service.messages import (
+    ClaimedRange,
+    ClaimReply,
+    HeartbeatReply,
+    RangeUpdate,
+    TaskStatus,
+    UpdateResult,
+)
+from event_service.spec import TaskSpec
+from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState
+from event_service.urls import same_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

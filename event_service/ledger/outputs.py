@@ -14,8 +14,8 @@ from event_service.ledger.records import RangeOutput, TaskRecord
 from event_service.ledger.rules import Decision, RangeRow, Step, fail_or_requeue
 from event_service.ledger.schema import ranges, transitions
 from event_service.ledger.statements import READ_RANGES, ROW_COLUMNS
-from event_service.statuses import WITH_OUTPUT, RangeStatus
 from event_service.messages import OutputRef, RangeInfo
+from event_service.statuses import WITH_OUTPUT, RangeStatus
 
 T = TypeVar("T")
 S = RangeStatus

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus
 from event_service.messages import RangeUpdate, UpdateVerdict
+from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus
 
 S = RangeStatus
 

@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, bindparam, column, func, insert, literal, literal_column, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 
 from event_service.ledger.schema import ranges, transitions
 from event_service.statuses import RangeStatus

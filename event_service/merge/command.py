@@ -29,7 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from event_service.merge.plan import MergePart
-from event_service.merge.stage import Staged, in_place_inputs, signature_or_none, stage_outputs
+from event_service.merge.stage import (
+    Staged,
+    in_place_inputs,
+    signature_or_none,
+    stage_outputs,
+)
 from event_service.stores import ObjectStore
 
 STDERR_TAIL_BYTES = 4096

@@ -20,9 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from event_service import settings
+
 EXIT_USAGE = 2
 EXIT_HADD_FAILED = 3
-HADD_ENV = "EVENT_SERVICE_HADD"
+HADD_ENV = settings.HADD.name
 
 
 class HaddNotFoundError(FileNotFoundError):
@@ -31,7 +33,7 @@ class HaddNotFoundError(FileNotFoundError):
 
 def find_hadd(explicit: str | None = None) -> Path:
     """The ``hadd`` program to run (see the module docstring for where it is looked up)."""
-    named = explicit or os.environ.get(HADD_ENV)
+    named = explicit or settings.HADD.get()
     if named:
         found = shutil.which(named)
         if found is None:

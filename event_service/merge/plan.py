@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from event_service.ledger import RangeOutput
-from event_service.statuses import WITH_OUTPUT
 from event_service.spec import RangePlan
+from event_service.statuses import WITH_OUTPUT
 
 PART_NAME = "{task}.merged._{number:06d}.root"
 

@@ -22,7 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from event_service.checksums import adler32_bytes, adler32_file, adler32_update, format_adler32, normalize_adler32
+from event_service.checksums import (
+    adler32_bytes,
+    adler32_file,
+    adler32_update,
+    format_adler32,
+    normalize_adler32,
+)
 from event_service.stores.errors import ChecksumMismatchError, ObjectNotFoundError
 from event_service.stores.keys import validate_key, validate_prefix
 

@@ -36,7 +36,11 @@ from event_service.stores.base import (
     iter_source,
     symlink_on_the_way,
 )
-from event_service.stores.errors import ChecksumMismatchError, InvalidKeyError, ObjectStoreError
+from event_service.stores.errors import (
+    ChecksumMismatchError,
+    InvalidKeyError,
+    ObjectStoreError,
+)
 from event_service.stores.keys import is_valid_key
 
 META_SUFFIX = ".meta"

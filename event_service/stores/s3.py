@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from event_service.checksums import adler32_bytes, normalize_adler32
-from event_service.stores.base import CHUNK_BYTES, Checksum, Download, ObjectStore, PresignedUpload, StoredObject
+from event_service.stores.base import (
+    CHUNK_BYTES,
+    Checksum,
+    Download,
+    ObjectStore,
+    PresignedUpload,
+    StoredObject,
+)
 from event_service.stores.errors import (
     ChecksumMismatchError,
     ObjectStoreError,

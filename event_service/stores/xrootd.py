@@ -18,7 +18,14 @@ from types import ModuleType
 from typing import Any
 
 from event_service.checksums import normalize_adler32
-from event_service.stores.base import CHUNK_BYTES, Checksum, Download, ObjectStore, StoredObject, iter_source
+from event_service.stores.base import (
+    CHUNK_BYTES,
+    Checksum,
+    Download,
+    ObjectStore,
+    StoredObject,
+    iter_source,
+)
 from event_service.stores.errors import (
     XROOTD_INSTALL_HINT,
     BackendNotInstalledError,

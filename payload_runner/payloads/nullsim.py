@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from payload_runner.channel import ChannelError, PayloadChannel
 from payload_runner.protocol import (
     EventRangeMessage,
     NoMoreEvents,
@@ -26,7 +27,6 @@ from payload_runner.protocol import (
     ReadyForEvents,
     parse_runner_message,
 )
-from payload_runner.channel import ChannelError, PayloadChannel
 
 EXIT_SETUP = 2
 EXIT_RUNNER_SILENT = 4

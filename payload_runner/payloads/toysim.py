@@ -21,6 +21,7 @@ import numpy as np
 import uproot
 import uproot.source.http
 
+from payload_runner.channel import ChannelError, PayloadChannel
 from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -30,7 +31,6 @@ from payload_runner.protocol import (
     ReadyForEvents,
     parse_runner_message,
 )
-from payload_runner.channel import ChannelError, PayloadChannel
 
 TREE = "events"
 INPUT_BRANCHES = ("event_number", "px", "py", "pz", "e", "pdg")

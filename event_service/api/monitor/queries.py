@@ -7,13 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, and_, case, cast, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import aliased
 
-from event_service.merge.register import catalog_entries
-from event_service.ledger import Ledger, TaskRecord
-from event_service.ledger.schema import ranges, tasks, transitions, workers
-from event_service.statuses import FINAL, IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState
 from event_service.api.monitor.models import (
     AttemptCount,
     CpuEfficiency,
@@ -26,6 +32,17 @@ from event_service.api.monitor.models import (
     TaskList,
     TaskSummary,
     WorkerView,
+)
+from event_service.ledger import Ledger, TaskRecord
+from event_service.ledger.schema import ranges, tasks, transitions, workers
+from event_service.merge.register import catalog_entries
+from event_service.statuses import (
+    FINAL,
+    IN_FLIGHT,
+    OPEN,
+    WITH_OUTPUT,
+    RangeStatus,
+    TaskState,
 )
 
 S = RangeStatus

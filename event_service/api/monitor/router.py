@@ -11,11 +11,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import RedirectResponse, Response
 
-from event_service.ledger import Ledger
 from event_service.api.monitor.models import TaskDetail, TaskList
-from event_service.merge.certify import Validation
-from event_service.api.monitor.queries import DEFAULT_DURATION_BINS, DEFAULT_WINDOW_S, task_detail, task_list
+from event_service.api.monitor.queries import (
+    DEFAULT_DURATION_BINS,
+    DEFAULT_WINDOW_S,
+    task_detail,
+    task_list,
+)
 from event_service.api.monitor.validations import ValidationCache
+from event_service.ledger import Ledger
+from event_service.merge.certify import Validation
 
 API = "/api/v1/monitor"
 PAGE = "/monitor"

@@ -8,9 +8,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from event_service.merge.register import catalog_entries
-from event_service.merge.certify import JSON_SUFFIX, Validation, parse_validation
 from event_service.ledger import Ledger
+from event_service.merge.certify import JSON_SUFFIX, Validation, parse_validation
+from event_service.merge.register import catalog_entries
 from event_service.stores import ObjectNotFoundError, ObjectStore
 from event_service.stores import open_location as default_open_location
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from event_service.api.panda.ids import PandaRequestError
 from event_service.ledger import Ledger
 from event_service.ledger.schema import panda_jobs, tasks
-from event_service.api.panda.ids import PandaRequestError
 
 # The states a pilot reports with updateJob; the last four end the job.
 JOB_STATES = frozenset({"sent", "starting", "running", "holding", "transferring", "finished", "failed",

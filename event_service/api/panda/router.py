@@ -18,18 +18,18 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from event_service.errors import LedgerUnavailableError
-from event_service.ledger import Ledger
+from event_service import settings
 from event_service.api.panda.ids import PandaRequestError
 from event_service.api.panda.openapi import PANDA_METHOD, PANDA_QUEUE, PANDA_REQUEST
 from event_service.api.panda.service import FAILURE, PandaService, PandaSettings
 from event_service.api.panda.wire import encode_form, parse_request, wants_json
+from event_service.errors import LedgerUnavailableError
+from event_service.ledger import Ledger
 from event_service.spec import PANDA_QUEUE_PATTERN
 
 log = logging.getLogger(__name__)
 
 PANDA_PREFIX = "/server/panda"
-PANDA_TOKEN_ENV = "EVENT_SERVICE_PANDA_TOKEN"
 # PanDA's method names, as the pilot calls them, and the service method each runs.
 METHODS: dict[str, Callable[[PandaService, dict[str, Any]], dict[str, Any]]] = {
     "getJob": PandaService.get_job,
@@ -53,7 +53,7 @@ def _reply(request: Request, body: dict[str, Any], status_code: int = 200, *, ve
 def _authorized(request: Request, tokens: tuple[str, ...]) -> str | None:
     """None when the bearer token is one of ``tokens``, else why not."""
     if not tokens:
-        return f"this server takes no PanDA calls: set {PANDA_TOKEN_ENV} (or an admin token) to allow pilots"
+        return f"this server takes no PanDA calls: set {settings.PANDA_TOKEN.name} (or an admin token) to allow pilots"
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -16,12 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_service.checksums import normalize_adler32
-from event_service.ledger import Ledger
-from event_service.statuses import RangeStatus, TaskState
-from event_service.messages import MAX_BATCH, OutputRef, RangeUpdate
 from event_service.api.panda.ids import PandaRangeId, PandaRequestError
-from event_service.api.panda.jobs import ConsumerJob, create_job, get_job, set_state, task_name
+from event_service.api.panda.jobs import (
+    ConsumerJob,
+    create_job,
+    get_job,
+    set_state,
+    task_name,
+)
 from event_service.api.panda.site import (
     StorageEndpoint,
     UnservableStoreError,
@@ -29,7 +31,11 @@ from event_service.api.panda.site import (
     task_endpoints,
 )
 from event_service.api.panda.wire import int_field, json_field, text_field
+from event_service.checksums import normalize_adler32
+from event_service.ledger import Ledger
+from event_service.messages import MAX_BATCH, OutputRef, RangeUpdate
 from event_service.spec import LFN_PATTERN, TaskSpec
+from event_service.statuses import RangeStatus, TaskState
 
 log = logging.getLogger(__name__)
 

@@ -9,22 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from event_service.ledger import Ledger
 from event_service.merge.archives import ArchiveError, ArchiveReader, find_member
 from event_service.merge.completion import check_completion
-from event_service.ledger import Ledger
 from event_service.merge.part import CorruptedOutputsError, merge_part, report_corrupted
-from event_service.statuses import RangeStatus
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import InputFile
+from event_service.statuses import RangeStatus
 from event_service.stores import LocalStore
-from tests.event_service.merge.test_part import (  # noqa: F401  (fixtures)
-    Task,
-    evnt,
-    merged_numbers,
-    sqlite_ledger,
-    task_spec,
-    toysim_output,
-)
+from tests.event_service.merge.conftest import Task, merged_numbers, task_spec, toysim_output
 
 
 def test_a_member_is_found_by_its_exact_path_or_a_whole_token_in_its_name() -> None:

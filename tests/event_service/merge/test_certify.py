@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import uproot
 
-from event_service.merge.register import catalog_entries, register_output
 from event_service.checksums import adler32_file
+from event_service.inputs.generate import make_inputs
+from event_service.ledger import Ledger
 from event_service.merge.certify import (
     ReferenceSetError,
     Validation,
@@ -23,9 +24,8 @@ from event_service.merge.certify import (
     validate,
     write_validation,
 )
-from event_service.inputs.generate import make_inputs
-from event_service.ledger import Ledger
 from event_service.merge.part import MergedFile
+from event_service.merge.register import catalog_entries, register_output
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import MergeSpec, SpecError, TaskSpec
 from event_service.stores import LocalStore, S3Store

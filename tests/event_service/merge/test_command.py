@@ -13,17 +13,7 @@ from event_service.checksums import adler32_file
 from event_service.merge.command import MergeCommandError
 from event_service.merge.part import CorruptedOutputsError, MergeValidationError, merge_part
 from event_service.statuses import RangeStatus
-from tests.event_service.merge.test_part import (  # noqa: F401  (fixtures)
-    Task,
-    evnt,
-    leftovers,
-    merged_numbers,
-    sqlite_ledger,
-    task,
-    toysim_output,
-    tree_arrays,
-)
-
+from tests.event_service.merge.conftest import Task, leftovers, merged_numbers, toysim_output, tree_arrays
 
 MERGE_SCRIPT = '''
 import argparse, sys

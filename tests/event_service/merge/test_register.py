@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 
 from event_service.api.server import free_port
+from event_service.ledger import Ledger
+from event_service.merge.part import MergedFile, MissingStoreError, merge_part
+from event_service.merge.plan import plan_merge
 from event_service.merge.register import (
     CatalogConflictError,
     CatalogEntry,
@@ -20,15 +23,12 @@ from event_service.merge.register import (
     cleanup_range_outputs,
     register_output,
 )
-from event_service.ledger import Ledger
-from event_service.merge.part import MergedFile, MissingStoreError, merge_part
-from event_service.merge.plan import plan_merge
-from event_service.statuses import RangeStatus
 from event_service.messages import RangeUpdate
 from event_service.spec import InputFile
+from event_service.statuses import RangeStatus
 from event_service.stores import LocalStore, S3Store
+from tests.event_service.merge.conftest import Task, make_task
 from tests.event_service.stores.conftest import s3_store
-from tests.event_service.merge.test_part import Task, evnt, make_task, sqlite_ledger, task  # noqa: F401  (fixtures)
 from tests.servers import S3Server
 
 
