@@ -21,9 +21,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.api.server import free_port  # noqa: E402
-from event_service.ledger import Ledger  # noqa: E402
-from event_service.spec import TaskSpec  # noqa: E402
+from event_service.api.server import free_port
+from event_service.ledger import Ledger
+from event_service.spec import TaskSpec
 
 ADMIN = "bench-admin"
 

@@ -30,11 +30,11 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.api.server import free_port  # noqa: E402
-from event_service.api.client import RETRY_STATUSES  # noqa: E402
-from event_service.ledger import Ledger  # noqa: E402
-from event_service.spec import TaskSpec  # noqa: E402
-from tests import pg  # noqa: E402
+from event_service.api.client import RETRY_STATUSES
+from event_service.api.server import free_port
+from event_service.ledger import Ledger
+from event_service.spec import TaskSpec
+from tests import pg
 
 ADMIN = "loadtest-admin"
 TASK = "load"

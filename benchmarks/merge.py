@@ -21,13 +21,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.ledger import RangeOutput  # noqa: E402
-from event_service.merge.part import MergedFile, merge_part  # noqa: E402
+from event_service.ledger import RangeOutput
+from event_service.merge.hadd import HaddNotFoundError, find_hadd
+from event_service.merge.part import MergedFile, merge_part
 from event_service.merge.plan import plan_merge
-from event_service.merge.hadd import HaddNotFoundError, find_hadd  # noqa: E402
-from event_service.statuses import RangeStatus  # noqa: E402
-from event_service.stores import LocalStore  # noqa: E402
-from payload_runner.payloads.toysim import LAYER_RADII_CM, write_output  # noqa: E402
+from event_service.statuses import RangeStatus
+from event_service.stores import LocalStore
+from payload_runner.payloads.toysim import LAYER_RADII_CM, write_output
 
 TASK = "bench-merge"
 HADD = "hadd"  # the leg that merges with event-service-hadd (ROOT's hadd, fast cloning)

@@ -24,16 +24,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from event_service.api.app import create_app  # noqa: E402
-from event_service.api.server import ServerThread  # noqa: E402
-from event_service.checksums import adler32_bytes  # noqa: E402
-from event_service.api.client import AdminClient  # noqa: E402
-from event_service.inputs.generate import make_inputs  # noqa: E402
-from event_service.ledger import Ledger  # noqa: E402
-from event_service.spec import TaskSpec  # noqa: E402
-from event_service.stores import S3Store, object_key  # noqa: E402
-from payload_runner.stageout import StageOut, StageOutJob  # noqa: E402
-from tests import servers  # noqa: E402
+from event_service.api.app import create_app
+from event_service.api.client import AdminClient
+from event_service.api.server import ServerThread
+from event_service.checksums import adler32_bytes
+from event_service.inputs.generate import make_inputs
+from event_service.ledger import Ledger
+from event_service.spec import TaskSpec
+from event_service.stores import S3Store, object_key
+from payload_runner.stageout import StageOut, StageOutJob
+from tests import servers
 
 ADMIN = "bench-admin"
 BIN = Path(sys.executable).parent

@@ -45,8 +45,9 @@ PAYLOAD_ID = Variable("EVENT_SERVICE_PAYLOAD_ID", "payloads (set by payload-runn
 HADD = Variable("EVENT_SERVICE_HADD", "event-service-hadd",
                 "the hadd program to run; without it, hadd on the PATH, then the ROOT wheel's")
 WORKDIR = Variable("EVENT_SERVICE_WORKDIR", "the Airflow operators run_pilot, merge, register_output",
-                   "the folder under which pilots, merges and registration make their work folders (default: "
-                   "the task's current directory, es-pilots/ for pilots)")
+                   "the folder under which pilots make <task>/slot<n>/ and merges and registrations their "
+                   "temporary folders (default: es-pilots/ in the working directory for pilots, the system's "
+                   "temporary folder for the others)")
 
 VARIABLES: tuple[Variable, ...] = (DB, ADMIN_TOKEN, MONITOR_TOKEN, PANDA_TOKEN, URL, TOKEN, CHANNEL, PAYLOAD_ID,
                                    HADD, WORKDIR)

@@ -46,11 +46,7 @@ def parse_storage_url(url: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> Sto
         raise ValueError(f"{url!r} must not carry a query or fragment")
     _check_path(parts.path, url)
     if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{url!r}: a file URL names no host (file:///absolute/path)")
-        if not parts.path.startswith("/") or parts.path == "/":
-            raise ValueError(f"{url!r}: a file URL needs an absolute path below / (file:///absolute/path)")
-        return StorageURL("file", "", unquote(parts.path).rstrip("/") or "/", url)
+        return _file_url(parts.netloc, parts.path, url)
     if scheme == "s3":
         if not _BUCKET.match(parts.netloc):
             raise ValueError(f"{url!r}: {parts.netloc!r} is not a valid S3 bucket name")
@@ -62,6 +58,14 @@ def parse_storage_url(url: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> Sto
     if len(parts.path.strip("/")) == 0:
         raise ValueError(f"{url!r} names no path")
     return StorageURL(scheme, parts.netloc, parts.path, url)
+
+
+def _file_url(netloc: str, path: str, url: str) -> StorageURL:
+    if netloc not in ("", "localhost"):
+        raise ValueError(f"{url!r}: a file URL names no host (file:///absolute/path)")
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"{url!r}: a file URL needs an absolute path below / (file:///absolute/path)")
+    return StorageURL("file", "", unquote(path).rstrip("/") or "/", url)
 
 
 def _place(url: StorageURL) -> tuple[str, str, str]:

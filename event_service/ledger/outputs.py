@@ -90,7 +90,8 @@ class LedgerResults:
                         r.output_key, r.output_store, r.adler32, r.size, r.output_member)
             for r in conn.execute(query).all()])
 
-    def mark_corrupted(self: _LedgerCore, name: str, range_ids: Sequence[str], reason: str, by: str | None = None) -> int:
+    def mark_corrupted(self: _LedgerCore, name: str, range_ids: Sequence[str], reason: str,
+                       by: str | None = None) -> int:
         """Outputs that failed verification: recorded ``corrupted``, then re-dispatched (or fatal)."""
         return _verdict(self, name, range_ids, by, lambda row: fail_or_requeue(
             row, self.task(name).max_attempts, None, "corrupted", reason,

@@ -88,6 +88,29 @@ def fail_or_requeue(row: RangeRow, max_attempts: int, by: str | None, code: str 
     return Decision("accepted", new, tuple(steps), requeue=target == S.READY)
 
 
+def _decide_finished(row: RangeRow, item: RangeUpdate, worker: str, held: bool, history: WorkerHistory) -> Decision:
+    """A ``finished`` report: the output is recorded once; a late one is taken while the range is still open."""
+    out = item.output
+    assert out is not None  # enforced by RangeUpdate
+    if row.status in WITH_OUTPUT:
+        if (row.output_key, row.output_store, row.adler32, row.size, row.output_member) == (
+                out.key, out.store, out.adler32, out.size, out.member):
+            return Decision("duplicate", row, reason="already finished with this output")
+        return Decision("rejected", row, reason=(
+            f"range is already {row.status} with output {row.output_key!r} (adler32 {row.adler32}, "
+            f"{row.size} bytes) from worker {row.worker!r}; the output is not replaced"))
+    late = not held
+    if late and not (row.status in OPEN and history.ever_held):
+        if row.status in OPEN:
+            return Decision("rejected", row, reason=f"worker {worker!r} never held this range")
+        return Decision("rejected", row, reason=f"range is {row.status}; a finished report comes too late")
+    new = replace(row, status=S.FINISHED, worker=worker, lease_expires=None, output_key=out.key,
+                  output_store=out.store, adler32=out.adler32, size=out.size, output_member=out.member,
+                  cpu_s=item.cpu_s, wall_s=item.wall_s, error_code=None, error=None)
+    reason = "late report accepted: the output arrived after the lease had lapsed" if late else None
+    return Decision("accepted", new, (Step(row.status, S.FINISHED, worker, with_metrics=True),), reason)
+
+
 def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, lease_seconds: int,
            now: float, history: WorkerHistory) -> Decision:
     """Apply one worker report to one range; never moves a range backwards or replaces an output."""
@@ -98,25 +121,7 @@ def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, 
         return Decision("rejected", row, reason="the task was cancelled; the range is cancelled")
 
     if status == "finished":
-        out = item.output
-        assert out is not None  # enforced by RangeUpdate
-        if row.status in WITH_OUTPUT:
-            if (row.output_key, row.output_store, row.adler32, row.size, row.output_member) == (
-                    out.key, out.store, out.adler32, out.size, out.member):
-                return Decision("duplicate", row, reason="already finished with this output")
-            return Decision("rejected", row, reason=(
-                f"range is already {row.status} with output {row.output_key!r} (adler32 {row.adler32}, "
-                f"{row.size} bytes) from worker {row.worker!r}; the output is not replaced"))
-        late = not held
-        if late and not (row.status in OPEN and history.ever_held):
-            if row.status in OPEN:
-                return Decision("rejected", row, reason=f"worker {worker!r} never held this range")
-            return Decision("rejected", row, reason=f"range is {row.status}; a finished report comes too late")
-        new = replace(row, status=S.FINISHED, worker=worker, lease_expires=None, output_key=out.key,
-                      output_store=out.store, adler32=out.adler32, size=out.size, output_member=out.member, cpu_s=item.cpu_s, wall_s=item.wall_s,
-                      error_code=None, error=None)
-        reason = "late report accepted: the output arrived after the lease had lapsed" if late else None
-        return Decision("accepted", new, (Step(row.status, S.FINISHED, worker, with_metrics=True),), reason)
+        return _decide_finished(row, item, worker, held, history)
 
     if not held:
         if history.last_status == status:

@@ -243,7 +243,7 @@ class ObjectStore(ABC):
         _check_expires(expires_s)
         return self._presign_get(key, expires_s)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a hook: backends without connections keep this no-op)
         """Release network connections; the store can still be used afterwards (they are re-opened)."""
 
     def __enter__(self) -> Self:

@@ -73,7 +73,8 @@ class S3Store(ObjectStore):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if multipart_chunksize < 5 << 20:
-            raise ValueError(f"multipart_chunksize must be at least 5 MiB (S3's minimum part), got {multipart_chunksize}")
+            raise ValueError(f"multipart_chunksize must be at least 5 MiB (S3's minimum part), "
+                             f"got {multipart_chunksize}")
         self.bucket = bucket
         self.prefix = normalize_store_prefix(prefix)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"

@@ -1,4 +1,4 @@
-"""Print the folder to give a PanDA pilot as PYTHONPATH and HARVESTER_WORKDIR: ``python -m payload_runner.pilot_shim``."""
+"""Print the folder for a PanDA pilot's PYTHONPATH and HARVESTER_WORKDIR (``python -m payload_runner.pilot_shim``)."""
 
 from __future__ import annotations
 
