@@ -11,6 +11,10 @@ from event_service.statuses import RangeStatus, TaskState
 from event_service.urls import STORE_SCHEMES, parse_storage_url
 
 MAX_BATCH = 1000
+# Bounds on the numbers a worker reports, checked before they reach the ledger (its columns are 64-bit).
+MAX_OBJECT_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object, and more than any range output
+MAX_SECONDS = 1e9  # CPU or wall seconds of one range: 1,024 cores for 11 days is 1e9 CPU seconds
+MAX_ATTEMPT = 10_000  # a range's attempts are bounded by max_attempts (at most 100) and re-dispatches
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
 CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 # Documents an adler32's form in the OpenAPI schema; the field's validator checks it with a clearer message.
@@ -60,7 +64,7 @@ class OutputRef(_Message):
 
     key: str = Field(min_length=1, max_length=1024)
     adler32: str = Field(json_schema_extra=ADLER32_SCHEMA)
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_OBJECT_BYTES, description="bytes, at most 5 TiB")
     store: str | None = Field(default=None, max_length=1024,
                               description="the store holding it, when not the task's own (a failover store)")
     member: str | None = Field(default=None, min_length=1, max_length=255,
@@ -102,11 +106,12 @@ class RangeUpdate(_Message):
     range_id: str = Field(min_length=1, max_length=256)
     status: WorkerStatus
     output: OutputRef | None = None
-    cpu_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    wall_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cpu_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    wall_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     error_code: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, max_length=4096)
-    attempt: int | None = Field(default=None, ge=1, description="the attempt the report is for, if known")
+    attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT,
+                                description="the attempt the report is for, if known")
 
     @field_validator("error_code", mode="before")
     @classmethod
@@ -224,7 +229,7 @@ class UploadRequest(_Message):
 
     worker: str = Field(pattern=WORKER_ID_PATTERN)
     range_id: str = Field(min_length=1, max_length=256)
-    attempt: int = Field(ge=1, description="the attempt the worker holds the range for")
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="the attempt the worker holds the range for")
     file_name: str = Field(min_length=1, max_length=255, description="the output's file name: one key segment")
     adler32: str = Field(json_schema_extra=ADLER32_SCHEMA)
     size: int = Field(ge=0, le=MAX_UPLOAD_BYTES)

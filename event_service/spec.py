@@ -29,6 +29,8 @@ TASK_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
 PANDA_QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LFN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
 MAX_RANGES_PER_TASK = 10_000_000  # created in one transaction; a larger task is several tasks
+MAX_EVENTS_PER_FILE = 2**40  # about 1.1e12: more than any file holds, far below the ledger's 64-bit columns
+MAX_TASK_EVENTS = 2**53  # a task's events add up exactly in a double (JSON readers, the monitor page)
 
 
 def _store_url(url: str) -> str:
@@ -59,7 +61,7 @@ class InputFile(_Strict):
 
     lfn: str = Field(pattern=LFN_PATTERN, description="logical file name")
     url: InputURL = Field(description="file:///abs/path, s3://bucket/key, root://host//path or http(s)://")
-    events: int = Field(gt=0, description="number of events (entries) in the file")
+    events: int = Field(gt=0, le=MAX_EVENTS_PER_FILE, description="number of events (entries) in the file")
     guid: str = Field(
         default_factory=lambda: str(uuid.uuid4()).upper(),
         description="file GUID; generated and kept when missing",
@@ -121,7 +123,7 @@ class MergeSpec(_Strict):
     output_url: StoreURL
     endpoint_url: Annotated[str, AfterValidator(_endpoint_url)] | None = Field(
         default=None, description="S3 endpoint of the normal storage, for S3 servers other than AWS")
-    max_events_per_file: int = Field(default=100_000, gt=0)
+    max_events_per_file: int = Field(default=100_000, gt=0, le=MAX_EVENTS_PER_FILE)
     dataset: str | None = Field(default=None, pattern=LFN_PATTERN,
                                 description="catalog dataset of the merged files (default <name>.merged)")
     command: str | None = Field(default=None, min_length=1, max_length=4096, description=(
@@ -147,12 +149,13 @@ class TaskSpec(_Strict):
 
     name: str = Field(pattern=TASK_NAME_PATTERN, description="[a-z0-9_-]{1,64}, unique")
     inputs: list[InputFile] = Field(min_length=1)
-    events_per_range: int = Field(gt=0)
+    events_per_range: int = Field(gt=0, le=MAX_EVENTS_PER_FILE)
     max_attempts: int = Field(default=3, gt=0, le=100)
     lease_seconds: int = Field(default=60, gt=0, le=7 * 24 * 3600)
     payload: PayloadSpec
     workers: int = Field(default=1, gt=0, le=100_000)
-    max_fatal_ranges: int = Field(default=0, ge=0, description="fatal ranges tolerated before the task fails")
+    max_fatal_ranges: int = Field(default=0, ge=0, le=MAX_RANGES_PER_TASK,
+                                  description="fatal ranges tolerated before the task fails")
     object_store: ObjectStoreSpec
     merge: MergeSpec
     panda: PandaSpec | None = Field(default=None, description="hand the task to PanDA pilots too")
@@ -173,6 +176,9 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _bounded(self) -> TaskSpec:
+        if self.total_events > MAX_TASK_EVENTS:
+            raise ValueError(f"inputs: {self.total_events} events in all; at most {MAX_TASK_EVENTS} a task "
+                             "(split the inputs over several tasks)")
         if self.total_ranges > MAX_RANGES_PER_TASK:
             raise ValueError(f"inputs and events_per_range: {self.total_events} events cut in ranges of "
                              f"{self.events_per_range} make {self.total_ranges} ranges; at most "

@@ -64,7 +64,10 @@ def holds(row: RangeRow, worker: str, attempt: int | None) -> bool:
     return row.status in IN_FLIGHT and row.worker == worker and attempt in (None, row.attempt)
 
 
-def _not_held(row: RangeRow, worker: str) -> str:
+def _not_held(row: RangeRow, worker: str, attempt: int | None) -> str:
+    if row.status in IN_FLIGHT and row.worker == worker:
+        return (f"range is {row.status} with {worker!r} for attempt {row.attempt}; this report is for attempt "
+                f"{attempt}, an earlier one")
     if row.status in IN_FLIGHT:
         return f"range is {row.status} with worker {row.worker!r} (attempt {row.attempt}), not with {worker!r}"
     if row.status == S.READY:
@@ -107,7 +110,11 @@ def _decide_finished(row: RangeRow, item: RangeUpdate, worker: str, held: bool, 
     new = replace(row, status=S.FINISHED, worker=worker, lease_expires=None, output_key=out.key,
                   output_store=out.store, adler32=out.adler32, size=out.size, output_member=out.member,
                   cpu_s=item.cpu_s, wall_s=item.wall_s, error_code=None, error=None)
-    reason = "late report accepted: the output arrived after the lease had lapsed" if late else None
+    reason = None
+    if late and row.status in IN_FLIGHT and row.worker == worker:
+        reason = f"report of attempt {item.attempt} accepted while attempt {row.attempt} runs: its output is kept"
+    elif late:
+        reason = "late report accepted: the output arrived after the lease had lapsed"
     return Decision("accepted", new, (Step(row.status, S.FINISHED, worker, with_metrics=True),), reason)
 
 
@@ -119,6 +126,9 @@ def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, 
 
     if row.status == S.CANCELLED:
         return Decision("rejected", row, reason="the task was cancelled; the range is cancelled")
+    if item.attempt is not None and item.attempt > row.attempt:
+        return Decision("rejected", row, reason=(
+            f"attempt {item.attempt} was never handed out: the range is at attempt {row.attempt}"))
 
     if status == "finished":
         return _decide_finished(row, item, worker, held, history)
@@ -126,7 +136,7 @@ def decide(row: RangeRow, item: RangeUpdate, worker: str, *, max_attempts: int, 
     if not held:
         if history.last_status == status:
             return Decision("duplicate", row, reason=f"{worker!r} already reported this range {status}")
-        return Decision("rejected", row, reason=_not_held(row, worker))
+        return Decision("rejected", row, reason=_not_held(row, worker, item.attempt))
 
     if status == "running":
         if row.status == S.RUNNING:
