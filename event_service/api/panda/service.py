@@ -33,7 +33,7 @@ from event_service.api.panda.site import (
 from event_service.api.panda.wire import int_field, json_field, text_field
 from event_service.checksums import normalize_adler32
 from event_service.ledger import Ledger
-from event_service.messages import MAX_BATCH, OutputRef, RangeUpdate
+from event_service.messages import MAX_BATCH, MAX_OBJECT_BYTES, OutputRef, RangeUpdate
 from event_service.spec import LFN_PATTERN, TaskSpec
 from event_service.statuses import RangeStatus, TaskState
 
@@ -328,7 +328,7 @@ class PandaService:
         if not isinstance(lfn, str) or not re.fullmatch(LFN_PATTERN, lfn):
             raise PandaRequestError(f"zipFile.lfn {lfn!r} is not a file name ([A-Za-z0-9._+-], no '/')")
         store_ref = int_field(archive, "objstoreID", minimum=0)
-        size = int_field(archive, "fsize", minimum=0)
+        size = int_field(archive, "fsize", minimum=0, maximum=MAX_OBJECT_BYTES)
         checksum = archive.get("adler32")
         if not isinstance(checksum, str):
             raise PandaRequestError(f"zipFile.adler32 must be 8 hexadecimal digits, got {checksum!r}")

@@ -13,6 +13,43 @@ from event_service.messages import refuse_nul
 
 MAX_FIELD_CHARS = 1 << 20
 MAX_INFLATED_BYTES = 8 << 20
+MAX_JSON_DEPTH = 32  # a PanDA request nests four levels (updateEventRanges v1: list, zip, ranges, range)
+MAX_INTEGER_DIGITS = 20  # every integer field is bounded below 2**64
+
+
+def loads_json(text: str, what: str) -> Any:
+    """JSON text as Python values, or PandaRequestError for bad syntax, deep nesting or numbers of huge size."""
+    depth = _nesting(text)
+    if depth > MAX_JSON_DEPTH:
+        raise PandaRequestError(f"{what} nests more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PandaRequestError(f"{what} is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, or nesting past the stack
+        raise PandaRequestError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of JSON text, strings skipped (an upper bound on the parsed depth)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _inflate(body: bytes, encoding: str) -> bytes:
@@ -44,10 +81,7 @@ def parse_request(body: bytes, content_type: str, content_encoding: str = "",
     except UnicodeDecodeError as exc:
         raise PandaRequestError(f"the request body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if "json" in content_type.lower() or text.lstrip().startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PandaRequestError(f"the request body is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        parsed = loads_json(text, "the request body")
         if not isinstance(parsed, dict):
             raise PandaRequestError(f"a JSON request body must be an object of fields, got {type(parsed).__name__}")
         fields.update(parsed)
@@ -106,9 +140,13 @@ def int_field(fields: Mapping[str, Any], name: str, *, required: bool = True, de
     if isinstance(value, bool):
         raise PandaRequestError(f"field {name!r} must be an integer, got {value!r}")
     if isinstance(value, str):
-        if not value.strip().isdigit():
+        digits = value.strip()
+        if not digits.isdigit() or not digits.isascii():
             raise PandaRequestError(f"field {name!r} must be an integer, got {value[:50]!r}")
-        value = int(value)
+        if len(digits) > MAX_INTEGER_DIGITS:
+            raise PandaRequestError(f"field {name!r} must be between {minimum} and {maximum}, got a number of "
+                                    f"{len(digits)} digits")
+        value = int(digits)
     if not isinstance(value, int):
         raise PandaRequestError(f"field {name!r} must be an integer, got {type(value).__name__}")
     if not minimum <= value <= maximum:
@@ -124,10 +162,7 @@ def json_field(fields: Mapping[str, Any], name: str) -> Any:
     if isinstance(value, str):
         if len(value) > MAX_INFLATED_BYTES:
             raise PandaRequestError(f"field {name!r} is too long")
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise PandaRequestError(f"field {name!r} is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        value = loads_json(value, f"field {name!r}")
     return _without_nul(value, name)
 
 
