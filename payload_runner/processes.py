@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,7 @@ def _die_with_parent() -> None:
 
 
 PAYLOAD_FOLDER_GLOB = "payload-*"
+LOG_NAME = re.compile(r"payload\.[0-9]+\.log")  # the runner's log of each process a slot had, in its folder
 
 
 def clear_payload_folders(workdir: Path, keep: set[Path]) -> int:
@@ -43,7 +45,7 @@ def clear_payload_folders(workdir: Path, keep: set[Path]) -> int:
         if folder.is_symlink() or not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith("payload.") and entry.name.endswith(".log"):
+            if LOG_NAME.fullmatch(entry.name):
                 continue
             if any(kept == entry or kept.is_relative_to(entry) for kept in keep):
                 continue
@@ -93,7 +95,7 @@ class PayloadProcess:
 
     def own_output(self, reported: str) -> Path | None:
         """The real path of an output the process reported (relative to its folder, or absolute), or None when
-        that lies outside its folder or is its log.
+        that lies outside its folder or is one of the slot's logs (its own, or an earlier process's).
 
         The folder is already real, so only it and the parts of the path below it are looked at, one ``lstat``
         each (for a plain file name, two in all, where a full ``realpath`` looks at every directory from ``/``);
@@ -108,7 +110,9 @@ class PayloadProcess:
             real = Path(os.path.realpath(path))
             if not real.is_relative_to(self.folder):
                 return None
-        return real if real != self.real_log else None
+        if real == self.real_log or (real.parent == self.folder and LOG_NAME.fullmatch(real.name)):
+            return None
+        return real
 
     def tail(self, lines: int = 5) -> str:
         """The last lines the process wrote, for error messages."""

@@ -60,3 +60,17 @@ def test_symbolic_links_are_followed_to_where_they_lead(process: PayloadProcess,
     # The folder reached through a link from outside it is still the folder.
     (tmp_path / "alias").symlink_to(process.folder, target_is_directory=True)
     assert process.own_output(str(tmp_path / "alias" / "data" / "out.root")) == process.folder / "data" / "out.root"
+
+
+def test_no_log_of_the_slot_is_an_output_whichever_process_wrote_it(process: PayloadProcess) -> None:
+    """A payload reported ``payload-0/payload.3.log``, the log of the slot's crashed process, as its output."""
+    for generation in (1, 2, 3, 17):
+        (process.folder / f"payload.{generation}.log").write_text("an earlier process's log\n")
+        assert process.own_output(f"payload.{generation}.log") is None
+        assert process.own_output(str(process.folder / f"payload.{generation}.log")) is None
+    (process.folder / "old-log").symlink_to(process.folder / "payload.3.log")
+    assert process.own_output("old-log") is None
+    (process.folder / "sub").mkdir()
+    (process.folder / "sub" / "payload.3.log").write_text("the payload's own file\n")
+    assert process.own_output("sub/payload.3.log") == process.folder / "sub" / "payload.3.log"
+    assert process.own_output("payload.3.log.root") == process.folder / "payload.3.log.root"
