@@ -1,7 +1,10 @@
-"""adler32 checksums written as PanDA writes them: 8 lowercase hex digits, zero padded."""
+"""adler32 checksums written as PanDA writes them (8 lowercase hex digits, zero padded), and the MD5 that binds
+a pre-signed upload's bytes (``Content-MD5``: base64 of the 16-byte digest)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from pathlib import Path
 from typing import BinaryIO
@@ -12,6 +15,7 @@ except ImportError:  # a platform without a zlib-ng wheel: the same values, four
     from zlib import adler32 as _adler32
 
 ADLER32_PATTERN = re.compile(r"^[0-9a-f]{8}$")
+CONTENT_MD5_PATTERN = r"^[A-Za-z0-9+/]{21}[AQgw]==$"  # base64 of exactly 16 bytes
 _CHUNK = 1 << 20
 
 
@@ -51,3 +55,14 @@ def normalize_adler32(text: str) -> str:
     if not ADLER32_PATTERN.match(lowered):
         raise ValueError(f"adler32 must be 8 hexadecimal digits, got {text!r}")
     return lowered
+
+
+def upload_checksums(path: str | Path) -> tuple[str, int, str]:
+    """A file's adler32, size and Content-MD5 (base64), in one read."""
+    value, size, md5 = 1, 0, hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            value = _adler32(chunk, value)
+            md5.update(chunk)
+            size += len(chunk)
+    return format_adler32(value), size, base64.b64encode(md5.digest()).decode("ascii")

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from event_service.checksums import normalize_adler32
+from event_service.checksums import CONTENT_MD5_PATTERN, normalize_adler32
 from event_service.statuses import RangeStatus, TaskState
 from event_service.urls import STORE_SCHEMES, parse_storage_url
 
@@ -233,6 +233,8 @@ class UploadRequest(_Message):
     file_name: str = Field(min_length=1, max_length=255, description="the output's file name: one key segment")
     adler32: str = Field(json_schema_extra=ADLER32_SCHEMA)
     size: int = Field(ge=0, le=MAX_UPLOAD_BYTES)
+    content_md5: str = Field(pattern=CONTENT_MD5_PATTERN, description=(
+        "the output's MD5 as Content-MD5 writes it (base64 of the digest): the store refuses other bytes"))
     failover: bool = Field(default=False, description="upload to the task's failover store, not its own")
 
     @field_validator("adler32")
@@ -242,8 +244,9 @@ class UploadRequest(_Message):
 
 
 class UploadGrant(_Message):
-    """A pre-signed upload: send ``method`` to ``url`` with exactly ``headers`` (they are signed, the checksum
-    metadata and size among them), then report ``key`` (and ``store``, when set) as the range's output."""
+    """A pre-signed upload: send ``method`` to ``url`` with exactly ``headers`` (they are signed: the checksum
+    metadata, the size, the bytes' MD5 and a create-only condition), then report ``key`` (and ``store``, when
+    set) as the range's output."""
 
     key: str
     url: str

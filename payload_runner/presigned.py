@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import requests
 
 from event_service.api.client import DispatchError
-from event_service.checksums import adler32_file
+from event_service.checksums import upload_checksums
 from event_service.messages import UploadGrant, UploadRequest
 from event_service.stores import ObjectStoreError, StoredObject, StoreUnavailableError
 
@@ -51,9 +51,9 @@ class GrantedUploads:
         parts = key.split("/")
         if len(parts) != 4 or parts[0] != self._task or not parts[2].isdigit():
             raise ValueError(f"{key!r} is not an output key <task>/<range_id>/<attempt>/<file> of task {self._task!r}")
-        adler32, size = adler32_file(path)
+        adler32, size, content_md5 = upload_checksums(path)
         request = UploadRequest(worker=self._worker, range_id=parts[1], attempt=int(parts[2]), file_name=parts[3],
-                                adler32=adler32, size=size, failover=self._failover)
+                                adler32=adler32, size=size, content_md5=content_md5, failover=self._failover)
         try:
             grant = self._granter.grant_upload(request)
         except DispatchError as exc:
@@ -69,7 +69,11 @@ class GrantedUploads:
                                                  timeout=UPLOAD_TIMEOUT_S)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise StoreUnavailableError(self.url, key, f"pre-signed upload to {self._endpoint}: {exc}") from exc
-        if response.status_code >= 300:
+        if response.status_code == 412:
+            # The grant creates only: an object is already at this key, which only a grant for this range's
+            # attempt (this runner's, whose answer was lost) can have written; the merge verifies it.
+            log.info("%s is already in the store (an earlier upload of this output got through)", key)
+        elif response.status_code >= 300:
             raise ObjectStoreError(self.url, key, f"pre-signed upload answered HTTP {response.status_code}: "
                                                   f"{response.text[:300]}")
         return StoredObject(key=key, size=size, adler32=adler32, url=f"{self.url.rstrip('/')}/{key}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from tests.servers import free_ports, log_tail, stop_process, wait_for_port
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT_S = 900
 TASK_TIMEOUT_S = 240
+SOURCE = ("pyproject.toml", "README.md", "event_service", "payload_runner", "plugins")  # as in docker/runner.Dockerfile
 
 pytestmark = pytest.mark.install
 
@@ -35,12 +37,21 @@ def run(command: list[str], env: dict[str, str], timeout: float = 120,
 
 @pytest.fixture(scope="module")
 def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with ``pip install <repository>``: the package's base, no extras."""
-    venv = tmp_path_factory.mktemp("base-install") / "venv"
+    """A fresh virtualenv with ``pip install <source>``: the package's base, no extras. The source is a copy of
+    what the runner image copies, so that the build's folders do not land in the checkout."""
+    root = tmp_path_factory.mktemp("base-install")
+    source = root / "source"
+    source.mkdir()
+    for name in SOURCE:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                           "--disable-pip-version-check", str(ROOT)], env=env, capture_output=True, text=True,
+                           "--disable-pip-version-check", str(source)], env=env, capture_output=True, text=True,
                           timeout=INSTALL_TIMEOUT_S)
     assert done.returncode == 0, f"pip install of the base package failed:\n{done.stderr[-4000:]}"
     return venv

@@ -40,7 +40,8 @@ class UploadGrants:
 
     def grant(self, task: str, request: UploadRequest) -> UploadGrant:
         """A pre-signed PUT of the range's output to ``<task>/<range_id>/<attempt>/<file_name>``, bound to the
-        adler32 and size the worker computed; only for the worker that holds the range in that attempt."""
+        adler32, size and MD5 the worker computed and to the key being new; only for the worker that holds the
+        range in that attempt."""
         ledger = self._open_ledger()
         key = object_key(task, request.range_id, request.attempt, request.file_name)  # InvalidKeyError: 422
         held = ledger.range_info(task, request.range_id)  # RangeNotFoundError: 404
@@ -58,6 +59,7 @@ class UploadGrants:
         if location.url.startswith("s3://"):  # only S3 signs; other stores are not even opened here
             try:
                 upload = self._store(location).presign_put(key, adler32=request.adler32, size=request.size,
+                                                           content_md5=request.content_md5,
                                                            expires_s=UPLOAD_EXPIRES_S)
             except StoreCredentialsError as exc:
                 raise NoPresignedUploadsError(

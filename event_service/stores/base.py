@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 import uuid
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import Self
 
 from event_service.checksums import (
+    CONTENT_MD5_PATTERN,
     adler32_bytes,
     adler32_file,
     adler32_update,
@@ -227,15 +229,20 @@ class ObjectStore(ABC):
         """Remove ``key`` (data and metadata); removing an absent key is not an error."""
         self._delete(validate_key(key))
 
-    def presign_put(self, key: str, *, adler32: str, size: int, expires_s: int) -> PresignedUpload | None:
-        """A pre-signed upload of ``size`` bytes with adler32 ``adler32`` to ``key``, or None where the backend
-        has none. The uploader needs no credentials; the metadata is bound into the signature."""
+    def presign_put(self, key: str, *, adler32: str, size: int, content_md5: str,
+                    expires_s: int) -> PresignedUpload | None:
+        """A pre-signed upload of ``size`` bytes with adler32 ``adler32`` and MD5 ``content_md5`` (base64) to
+        ``key``, or None where the backend has none. The uploader needs no credentials; the metadata, the MD5
+        (the store refuses other bytes) and a create-only condition (it never overwrites) are in the
+        signature."""
         key = validate_key(key)
         adler32 = normalize_adler32(adler32)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"size must be an int >= 0, got {size!r}")
+        if not isinstance(content_md5, str) or not re.fullmatch(CONTENT_MD5_PATTERN, content_md5):
+            raise ValueError(f"content_md5 must be the base64 of a 16-byte MD5 digest, got {content_md5!r}")
         _check_expires(expires_s)
-        return self._presign_put(key, Checksum(adler32, size), expires_s)
+        return self._presign_put(key, Checksum(adler32, size), content_md5, expires_s)
 
     def presign_get(self, key: str, expires_s: int) -> str | None:
         """A pre-signed download URL for ``key``, or None where the backend has none."""
@@ -283,7 +290,7 @@ class ObjectStore(ABC):
         and the put copies it instead."""
         return None
 
-    def _presign_put(self, key: str, expected: Checksum, expires_s: int) -> PresignedUpload | None:
+    def _presign_put(self, key: str, expected: Checksum, content_md5: str, expires_s: int) -> PresignedUpload | None:
         return None
 
     def _read_unrecorded(self, key: str, dest: Path) -> None:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 AddressingStyle = Literal["auto", "path", "virtual"]
 META_ADLER32 = "adler32"
 META_SIZE = "size"
-SIGNED_UPLOAD_HEADERS = frozenset({"content-length", f"x-amz-meta-{META_ADLER32}", f"x-amz-meta-{META_SIZE}"})
+SIGNED_UPLOAD_HEADERS = frozenset({"content-length", "content-md5", "if-none-match", f"x-amz-meta-{META_ADLER32}",
+                                   f"x-amz-meta-{META_SIZE}"})
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -309,21 +310,21 @@ class S3Store(ObjectStore):
         with self._translate(key, "delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self._full_key(key))
 
-    def _presign_put(self, key: str, expected: Checksum, expires_s: int) -> PresignedUpload:
+    def _presign_put(self, key: str, expected: Checksum, content_md5: str, expires_s: int) -> PresignedUpload:
         metadata = {META_ADLER32: expected.adler32, META_SIZE: str(expected.size)}
         with self._translate(key, "presign PUT"):
             url = self.client.generate_presigned_url(
                 "put_object",
                 Params={"Bucket": self.bucket, "Key": self._full_key(key), "Metadata": metadata,
-                        "ContentLength": expected.size},
+                        "ContentLength": expected.size, "ContentMD5": content_md5, "IfNoneMatch": "*"},
                 ExpiresIn=expires_s, HttpMethod="PUT",
             )
         signed = set(parse_qs(urlsplit(url).query).get("X-Amz-SignedHeaders", [""])[0].split(";"))
         if not SIGNED_UPLOAD_HEADERS <= signed:
             raise ObjectStoreError(self.url, key, f"the pre-signed URL signs only {sorted(signed)}, not "
                                                   f"{sorted(SIGNED_UPLOAD_HEADERS)}: the metadata would be unbound")
-        headers = {"Content-Length": str(expected.size), f"x-amz-meta-{META_ADLER32}": expected.adler32,
-                   f"x-amz-meta-{META_SIZE}": str(expected.size)}
+        headers = {"Content-Length": str(expected.size), "Content-MD5": content_md5, "If-None-Match": "*",
+                   f"x-amz-meta-{META_ADLER32}": expected.adler32, f"x-amz-meta-{META_SIZE}": str(expected.size)}
         return PresignedUpload(url=url, headers=headers, method="PUT", expires_s=expires_s)
 
     def _presign_get(self, key: str, expires_s: int) -> str:

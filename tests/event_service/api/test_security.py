@@ -3,6 +3,8 @@ prefix and stores, and uploads pre-signed only for the worker that holds the ran
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,8 @@ def s3_task(api: Api, s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.M
 
 def upload_request(range_id: str, data: bytes, **fields: Any) -> dict[str, Any]:
     return {"worker": "w1", "range_id": range_id, "attempt": 1, "file_name": "HITS.pool.root",
-            "adler32": adler32_bytes(data), "size": len(data), **fields}
+            "adler32": adler32_bytes(data), "size": len(data),
+            "content_md5": base64.b64encode(hashlib.md5(data).digest()).decode(), **fields}
 
 
 def test_the_holder_gets_an_upload_bound_to_key_checksum_and_size(api: Api, s3_task: str, s3_server: S3Server,
@@ -136,7 +139,12 @@ def test_the_holder_gets_an_upload_bound_to_key_checksum_and_size(api: Api, s3_t
     # Other metadata than the signed one is refused by the store itself; the signed upload is taken.
     forged = {**grant["headers"], "x-amz-meta-adler32": "00000001"}
     assert requests.put(grant["url"], data=data, headers=forged, timeout=30).status_code == 403
+    # Other bytes of the same size within the grant's lifetime: the store checks them against the signed MD5.
+    other = bytes(reversed(data))
+    assert requests.put(grant["url"], data=other, headers=grant["headers"], timeout=30).status_code == 400
     assert requests.put(grant["url"], data=data, headers=grant["headers"], timeout=30).status_code == 200
+    # The grant creates only: replayed, it never overwrites.
+    assert requests.put(grant["url"], data=data, headers=grant["headers"], timeout=30).status_code == 412
     with S3Store(s3_bucket, "ranges", endpoint_url=s3_server.endpoint_url, region=s3_server.region,
                  access_key=s3_server.access_key, secret_key=s3_server.secret_key) as store:
         stored = store.head(key)
@@ -158,6 +166,9 @@ def test_uploads_are_refused_to_all_but_the_holder(api: Api, s3_task: str) -> No
          "filename must be a single key segment without '/'"),
         (api.auth(s3_task), upload_request(range_id, b"x", file_name=".hidden"), 422, "starts with '.'"),
         (api.auth(s3_task), upload_request(range_id, b"x", size=6 * 1024**3), 422, "size"),
+        (api.auth(s3_task), upload_request(range_id, b"x", content_md5="00"), 422, "body.content_md5"),
+        (api.auth(s3_task), {k: v for k, v in upload_request(range_id, b"x").items() if k != "content_md5"}, 422,
+         "body.content_md5: Field required"),
         (api.auth(s3_task), upload_request(range_id, b"x", failover=True), 409, "names no failover store"),
         (api.auth("alpha"), upload_request(range_id, b"x"), 403, "not valid for task 'gamma'"),
     ]

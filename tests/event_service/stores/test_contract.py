@@ -22,6 +22,8 @@ from event_service.stores.base import Checksum
 from tests.event_service.stores.conftest import Backend
 
 KEY = object_key("task_1", "task_1.3.21-30", 1, "HITS.pool.root.1")
+HELLO_MD5 = "XUFAKrxLKna5cZ2REBfFkg=="  # Content-MD5 of b"hello"
+EMPTY_MD5 = "1B2M2Y8AsgTpgAmY7PhCfg=="  # and of no bytes
 BAD_KEYS = ["", "/abs/key", "a/../b", "..", "../x", "a/./b", "a//b", "a/", "a\\b", "a\x00b", ".hidden",
             "a/.meta", "a b", "x" * 256, "a/" * 600 + "b"]
 
@@ -221,7 +223,7 @@ def test_every_method_refuses_a_key_that_could_escape(backend: Backend, bad: str
         lambda: store.head(bad),
         lambda: store.get(bad, tmp_path / "dest"),
         lambda: store.delete(bad),
-        lambda: store.presign_put(bad, adler32="00000001", size=0, expires_s=60),
+        lambda: store.presign_put(bad, adler32="00000001", size=0, content_md5=EMPTY_MD5, expires_s=60),
         lambda: store.presign_get(bad, expires_s=60),
     ]
     for call in calls:
@@ -243,7 +245,8 @@ def test_delete_of_an_absent_key_is_not_an_error(store: ObjectStore) -> None:
 
 
 def test_presigned_urls_where_the_backend_has_them(backend: Backend) -> None:
-    upload = backend.store.presign_put(KEY, adler32="062c0215", size=5, expires_s=60)
+    upload = backend.store.presign_put(KEY, adler32="062c0215", size=5, content_md5=HELLO_MD5,
+                                       expires_s=60)
     download = backend.store.presign_get(KEY, expires_s=60)
     if backend.name == "s3":
         assert isinstance(upload, PresignedUpload) and upload.method == "PUT"
@@ -251,7 +254,7 @@ def test_presigned_urls_where_the_backend_has_them(backend: Backend) -> None:
     else:
         assert upload is None and download is None
     with pytest.raises(ValueError, match="adler32"):
-        backend.store.presign_put(KEY, adler32="xyz", size=5, expires_s=60)
+        backend.store.presign_put(KEY, adler32="xyz", size=5, content_md5=HELLO_MD5, expires_s=60)
     with pytest.raises(ValueError, match="expires_s"):
         backend.store.presign_get(KEY, expires_s=0)
 

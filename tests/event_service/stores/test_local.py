@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from event_service.stores import InvalidKeyError, LocalStore, ObjectStoreError, object_key, open_store
 from event_service.checksums import adler32_bytes
+from event_service.stores import InvalidKeyError, LocalStore, ObjectStoreError, object_key, open_store
 from event_service.stores.base import Checksum
 from event_service.stores.errors import ChecksumMismatchError
 from event_service.stores.local import META_XATTR

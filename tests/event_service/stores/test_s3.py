@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +14,6 @@ import requests
 
 from event_service.checksums import adler32_bytes
 from event_service.stores import (
-    ChecksumMismatchError,
     ObjectStoreError,
     S3Store,
     StoreUnavailableError,
@@ -82,13 +83,18 @@ def test_large_files_go_up_as_multipart_uploads_with_their_metadata(
             assert (tmp_path / "back").read_bytes() == data
 
 
+def md5_of(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
 def test_presigned_put_binds_checksum_and_size_into_the_signature(store: S3Store, s3_client: Any,
                                                                     s3_bucket: str, tmp_path: Path) -> None:
     data = b"range output uploaded by a worker without credentials"
-    upload = store.presign_put(KEY, adler32=adler32_bytes(data), size=len(data), expires_s=300)
+    upload = store.presign_put(KEY, adler32=adler32_bytes(data), size=len(data), content_md5=md5_of(data),
+                               expires_s=300)
     assert upload is not None and upload.method == "PUT"
-    assert upload.headers == {"Content-Length": str(len(data)), "x-amz-meta-adler32": adler32_bytes(data),
-                              "x-amz-meta-size": str(len(data))}
+    assert upload.headers == {"Content-Length": str(len(data)), "Content-MD5": md5_of(data), "If-None-Match": "*",
+                              "x-amz-meta-adler32": adler32_bytes(data), "x-amz-meta-size": str(len(data))}
     with requests.Session() as http:
         tampered = {**upload.headers, "x-amz-meta-adler32": "00000001"}
         refused = http.put(upload.url, data=data, headers=tampered, timeout=30)
@@ -111,16 +117,40 @@ def test_presigned_put_binds_checksum_and_size_into_the_signature(store: S3Store
         assert fetched.status_code == 200 and fetched.content == data
 
 
-def test_a_presigned_upload_of_other_bytes_of_the_same_size_is_caught_by_get(store: S3Store,
-                                                                            tmp_path: Path) -> None:
-    # S3 knows no adler32: it checks the signed headers, not the bytes against them. get() does.
+def test_a_grant_binds_the_bytes_and_never_overwrites(store: S3Store, tmp_path: Path) -> None:
+    """A grant replayed within its lifetime with other bytes of the same size, or again after it was used."""
     data, other = b"the real output", b"a forged output"
-    upload = store.presign_put(KEY, adler32=adler32_bytes(data), size=len(data), expires_s=60)
+    upload = store.presign_put(KEY, adler32=adler32_bytes(data), size=len(data), content_md5=md5_of(data),
+                               expires_s=60)
     assert upload is not None
     with requests.Session() as http:
-        assert http.put(upload.url, data=other, headers=upload.headers, timeout=30).status_code == 200
-    with pytest.raises(ChecksumMismatchError, match="adler32 mismatch after download"):
-        store.get(KEY, tmp_path / "out")
+        forged = http.put(upload.url, data=other, headers=upload.headers, timeout=30)
+        assert forged.status_code == 400 and "BadDigest" in forged.text
+        assert store.head(KEY) is None
+        unsigned = {k: v for k, v in upload.headers.items() if k not in ("Content-MD5", "If-None-Match")}
+        assert http.put(upload.url, data=other, headers=unsigned, timeout=30).status_code == 403
+        assert http.put(upload.url, data=data, headers=upload.headers, timeout=30).status_code == 200
+        replayed = http.put(upload.url, data=data, headers=upload.headers, timeout=30)
+        assert replayed.status_code == 412 and "PreconditionFailed" in replayed.text
+    assert store.get(KEY, tmp_path / "out").adler32 == adler32_bytes(data)
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_grant_cannot_replace_an_object_the_store_already_holds(store: S3Store, tmp_path: Path) -> None:
+    (tmp_path / "first").write_bytes(b"first output")
+    store.put(KEY, tmp_path / "first")
+    data = b"other output"
+    upload = store.presign_put(KEY, adler32=adler32_bytes(data), size=len(data), content_md5=md5_of(data),
+                               expires_s=60)
+    assert upload is not None
+    with requests.Session() as http:
+        assert http.put(upload.url, data=data, headers=upload.headers, timeout=30).status_code == 412
+    assert store.get(KEY, tmp_path / "back").adler32 == adler32_bytes(b"first output")
+
+
+def test_a_grant_needs_the_md5_of_the_bytes(store: S3Store) -> None:
+    with pytest.raises(ValueError, match="content_md5 must be the base64 of a 16-byte MD5 digest"):
+        store.presign_put(KEY, adler32="00000001", size=1, content_md5="not-an-md5", expires_s=60)
 
 
 def test_requests_are_retried_in_standard_mode(store: S3Store) -> None:
