@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from event_service_airflow.factory import FactorySettings
+from event_service_airflow import settings
 from event_service_airflow.preproduction import build_preproduction_dag
 
-dag = build_preproduction_dag(FactorySettings.from_config(Path(__file__).resolve().parent.parent / "tasks"))
+dag = build_preproduction_dag(settings.load())

@@ -4,65 +4,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.sdk import DAG, Asset, Param
 
 from event_service.errors import SpecError
 from event_service.spec import TaskSpec
-from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
-from event_service_airflow.operators import (
-    CleanupOperator,
-    MergeOperator,
-    RegisterOutputOperator,
-    RegisterTaskOperator,
-    RunPilotOperator,
-)
-from event_service_airflow.sensors import TaskCompleteSensor
+from event_service_airflow import settings as plugin_settings
+from event_service_airflow.chain import ChainConfig, build_chain
+from event_service_airflow.hooks import LedgerHook
+from event_service_airflow.settings import PluginSettings
 
 log = logging.getLogger(__name__)
 
-SECTION = "event_service"
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@dataclass(frozen=True)
-class FactorySettings:
-    """Where specs live and which connections the DAGs use (Airflow config section ``[event_service]``)."""
-
-    tasks_folder: Path
-    ledger_conn_id: str = LedgerHook.default_conn_name
-    store_conn_id: str = ObjectStoreHook.default_conn_name
-    dispatch_conn_id: str | None = "event_service_api"
-    include_ledger_tasks: bool = True
-    payload_workers: int = 1
-    pilot_retries: int = 2
-    poll_interval: float = 10.0
-    stall_timeout: float = 600.0
-    check_inputs: bool = True
-
-    @classmethod
-    def from_config(cls, default_tasks_folder: Path) -> FactorySettings:
-        """Read ``[event_service]`` (or ``AIRFLOW__EVENT_SERVICE__*`` variables); called when DAGs are parsed."""
-        def get(key: str, fallback: str) -> str:
-            return str(conf.get(SECTION, key, fallback=fallback))
-
-        return cls(
-            tasks_folder=Path(get("tasks_folder", str(default_tasks_folder))),
-            ledger_conn_id=get("ledger_conn_id", LedgerHook.default_conn_name),
-            store_conn_id=get("store_conn_id", ObjectStoreHook.default_conn_name),
-            dispatch_conn_id=get("dispatch_conn_id", "event_service_api") or None,
-            include_ledger_tasks=get("include_ledger_tasks", "true").lower() in ("1", "true", "yes"),
-            payload_workers=int(get("payload_workers", "1")),
-            pilot_retries=int(get("pilot_retries", "2")),
-            poll_interval=float(get("poll_interval", "10")),
-            stall_timeout=float(get("stall_timeout", "600")),
-            check_inputs=get("check_inputs", "true").lower() in ("1", "true", "yes"),
-        )
+def load_settings(default_tasks_folder: Path) -> PluginSettings:
+    """``[event_service]`` as read now (DAG files call this when parsed); without ``tasks_folder``, the given one."""
+    settings = plugin_settings.load()
+    return settings if settings.tasks_folder else replace(settings, tasks_folder=default_tasks_folder)
 
 
 def _doc(spec: TaskSpec, source: str) -> str:
@@ -91,8 +55,8 @@ def dataset_asset(spec: TaskSpec) -> Asset:
     return Asset(name=spec.dataset, uri=f"{spec.merge.output_url.rstrip('/')}/{spec.dataset}")
 
 
-def build_dag(spec: TaskSpec, settings: FactorySettings, source: str) -> DAG:
-    """The DAG of one task; all the wiring is here, the DAG files only call this."""
+def build_dag(spec: TaskSpec, settings: PluginSettings, source: str) -> DAG:
+    """The DAG of one task; all the wiring is here and in :func:`build_chain`, the DAG files only call this."""
     with DAG(
         dag_id=f"es_{spec.name}",
         schedule=None,
@@ -109,29 +73,9 @@ def build_dag(spec: TaskSpec, settings: FactorySettings, source: str) -> DAG:
                                       description="events per range, when the task is created by this run"),
         },
     ) as dag:
-        conns = {"ledger_conn_id": settings.ledger_conn_id}
-        stores = {**conns, "store_conn_id": settings.store_conn_id}
-        register = RegisterTaskOperator(task_id="register_task", spec=spec.model_dump(mode="json"),
-                                        workers="{{ params.workers }}",
-                                        events_per_range="{{ params.events_per_range }}",
-                                        check_inputs=settings.check_inputs, **stores)
-        pilots = RunPilotOperator.partial(
-            task_id="run_pilot", task_name=spec.name, dispatch_conn_id=settings.dispatch_conn_id,
-            payload_workers=settings.payload_workers, retries=settings.pilot_retries,
-            retry_delay=timedelta(seconds=15), **stores,
-        ).expand(slot=register.output)
-        wait = TaskCompleteSensor(task_id="wait_for_outputs", task_name=spec.name, trigger_rule="all_done",
-                                  poll_interval=settings.poll_interval, stall_timeout=settings.stall_timeout,
-                                  **stores)
-        merge = MergeOperator.partial(task_id="merge", task_name=spec.name, retries=1, **stores).expand(
-            part=wait.output)
-        output = RegisterOutputOperator(task_id="register_output", task_name=spec.name,
-                                        dataset_asset=dataset_asset(spec), retries=2,
-                                        retry_delay=timedelta(seconds=30), **stores)
-        pilots >> wait
-        merge >> output
-        if spec.merge.cleanup:
-            output >> CleanupOperator(task_id="cleanup", task_name=spec.name, **stores)
+        build_chain(ChainConfig.from_settings(settings), task_name=spec.name, spec=spec.model_dump(mode="json"),
+                    workers="{{ params.workers }}", events_per_range="{{ params.events_per_range }}",
+                    dataset_asset=dataset_asset(spec), cleanup=spec.merge.cleanup)
     return dag
 
 
@@ -144,13 +88,14 @@ class SpecSource:
     error: str | None = None
 
 
-def spec_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def spec_files(folder: Path | None) -> list[Path]:
+    """The spec files of a folder, in name order (hidden files left out); none without the folder."""
+    if folder is None or not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES and not p.name.startswith("."))
 
 
-def load_specs(settings: FactorySettings) -> list[SpecSource]:
+def load_specs(settings: PluginSettings) -> list[SpecSource]:
     """Every spec in the tasks folder (broken ones with their errors), then tasks only the ledger knows."""
     found: list[SpecSource] = []
     names: dict[str, str] = {}
@@ -171,7 +116,7 @@ def load_specs(settings: FactorySettings) -> list[SpecSource]:
     return found
 
 
-def _ledger_specs(settings: FactorySettings, known: set[str]) -> list[SpecSource]:
+def _ledger_specs(settings: PluginSettings, known: set[str]) -> list[SpecSource]:
     """Tasks created through the dispatch API, from the ledger the DAGs use (skipped when unreachable)."""
     try:
         hook = LedgerHook(settings.ledger_conn_id)
@@ -185,7 +130,7 @@ def _ledger_specs(settings: FactorySettings, known: set[str]) -> list[SpecSource
 
 def publish_dags(namespace: dict[str, Any], default_tasks_folder: Path) -> list[DAG]:
     """Build the DAGs of every loadable spec into a DAG file's globals; broken specs are left out."""
-    settings = FactorySettings.from_config(default_tasks_folder)
+    settings = load_settings(default_tasks_folder)
     dags = []
     for item in load_specs(settings):
         if item.spec is not None:
@@ -197,7 +142,7 @@ def publish_dags(namespace: dict[str, Any], default_tasks_folder: Path) -> list[
 
 def raise_for_broken_specs(default_tasks_folder: Path) -> None:
     """Raise one SpecError naming every broken spec file and field, so Airflow shows it as an import error."""
-    settings = replace(FactorySettings.from_config(default_tasks_folder), include_ledger_tasks=False)
+    settings = replace(load_settings(default_tasks_folder), include_ledger_tasks=False)
     errors = [item.error for item in load_specs(settings) if item.error]
     if errors:
         raise SpecError(f"{len(errors)} task spec(s) could not be loaded (their DAGs are missing; every other "

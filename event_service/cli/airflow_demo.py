@@ -20,7 +20,7 @@ from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.merge.register import catalog_entries
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: its dags/ folder
 AIRFLOW = Path(sys.executable).with_name("airflow")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import uproot
 
+from event_service import settings
 from event_service.api.app import create_app
 from event_service.api.client import AdminClient
 from event_service.api.server import ServerThread
@@ -47,7 +48,7 @@ def _start_runner(url: str, token: str, workdir: Path, name: str) -> subprocess.
     with (workdir / f"{name}.log").open("w") as log:
         return subprocess.Popen([str(RUNNER), "--server", url, "--task", "demo", "--workdir", str(workdir / name),
                                  "--worker-id", name], stdout=subprocess.PIPE, stderr=log, text=True,
-                                env={**os.environ, "EVENT_SERVICE_TOKEN": token})
+                                env={**os.environ, settings.TOKEN.name: token})
 
 
 def run_demo(workdir: Path, *, files: int = 2, events: int = 2000, events_per_range: int = 10,

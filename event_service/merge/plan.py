@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from event_service.ledger import RangeOutput
-from event_service.spec import RangePlan
+from event_service.ledger import Ledger, RangeOutput
+from event_service.spec import RangePlan, TaskSpec
 from event_service.statuses import WITH_OUTPUT
 
 PART_NAME = "{task}.merged._{number:06d}.root"
@@ -118,3 +118,15 @@ def plan_merge(outputs: Iterable[RangeOutput], task: str, max_events_per_file: i
                       tuple(with_output[planned[p].range_id] for p in group if planned[p].range_id in with_output),
                       tuple(planned[p].range_id for p in group if planned[p].range_id not in with_output))
             for index, group in enumerate(groups)]
+
+
+def plan_task_merge(ledger: Ledger, spec: TaskSpec) -> list[MergePart]:
+    """The merge plan of task ``spec.name`` as the ledger holds it now: its range outputs packed into parts of at
+    most ``spec.merge.max_events_per_file`` events, cut over the spec's full range list so that the part boundaries
+    do not move when a range is redone.
+
+    The one plan of a task: the completion sensor maps the merge over its parts, and every mapped merge finds its
+    own part in it, so both compute it here.
+    """
+    return plan_merge(ledger.outputs(spec.name), spec.name, spec.merge.max_events_per_file,
+                      ranges=spec.event_ranges())

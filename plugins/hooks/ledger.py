@@ -12,7 +12,11 @@ from event_service.ledger import Ledger
 
 
 class LedgerHook(BaseHook):
-    """Opens the event ledger that an Airflow connection names (PostgreSQL, or SQLite for one machine)."""
+    """Opens the event ledger that an Airflow connection names (PostgreSQL, or SQLite for one machine).
+
+    :param ledger_conn_id: the Airflow connection: ``postgres``, or ``sqlite`` with the database file as its host
+    :param kwargs: passed on to ``BaseHook``
+    """
 
     conn_name_attr = "ledger_conn_id"
     default_conn_name = "event_service_ledger"

@@ -17,6 +17,9 @@ class ObjectStoreHook(BaseHook):
     S3 credentials and, for servers other than AWS, ``endpoint_url`` come from an ``aws`` connection
     (login: access key id, password: secret key, extra: ``{"endpoint_url": …, "region_name": …}``). Without
     the connection, boto3's own chain applies (environment variables, ~/.aws, instance roles).
+
+    :param store_conn_id: the ``aws`` Airflow connection with the S3 credentials (it need not exist)
+    :param kwargs: passed on to ``BaseHook``
     """
 
     conn_name_attr = "store_conn_id"
@@ -52,7 +55,8 @@ class ObjectStoreHook(BaseHook):
             options["endpoint_url"] = endpoint_url
         return open_store(url, **options)
 
-    def get_stores(self, location: StoreLocation, failover: StoreLocation | None = None) -> dict[str | None, ObjectStore]:
+    def get_stores(self, location: StoreLocation,
+                   failover: StoreLocation | None = None) -> dict[str | None, ObjectStore]:
         """A task's stores keyed as the ledger names them: None for its own store, a URL for its failover."""
         stores: dict[str | None, ObjectStore] = {None: self.get_store(location.url, location.endpoint_url)}
         if failover is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,10 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from event_service import settings
 from event_service.merge.certify import certify_merged
 from event_service.merge.part import CorruptedOutputsError, merge_part, report_corrupted
-from event_service.merge.plan import plan_merge
+from event_service.merge.plan import plan_task_merge
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 STAGING = "_merged"
@@ -29,6 +29,13 @@ class MergeOperator(BaseOperator):
     Every input is checked against the ledger's adler32 and size first; bad ones are marked ``corrupted``
     (they go back to ready) and the merge fails naming them, for the next run to redo. The merged file is
     read back and checked to hold exactly its ranges' events, each once. Re-running gives the same file.
+
+    :param task_name: the event-service task (templated)
+    :param part: the 0-based index of the part in the task's merge plan (templated; mapped from the sensor)
+    :param ledger_conn_id: the Airflow connection of the ledger
+    :param store_conn_id: the Airflow connection of the task's object stores
+    :param workdir_root: the folder for the temporary work folder (default: $EVENT_SERVICE_WORKDIR, else the system's)
+    :param kwargs: passed on to ``BaseOperator``
     """
 
     template_fields = ("task_name", "part")
@@ -47,16 +54,13 @@ class MergeOperator(BaseOperator):
         index = int(self.part)
         with LedgerHook(self.ledger_conn_id).get_conn() as ledger:
             spec = ledger.task_spec(self.task_name)
-            # Part boundaries come from the spec's ranges, so they do not move when a range is redone.
-            plan = plan_merge(ledger.outputs(self.task_name), self.task_name, spec.merge.max_events_per_file,
-                              ranges=spec.event_ranges())
-            parts = {p.index: p for p in plan}
+            parts = {p.index: p for p in plan_task_merge(ledger, spec)}  # the plan the sensor mapped over
             if index not in parts:
                 raise AirflowFailException(f"task {self.task_name!r}: the merge plan has parts {sorted(parts)}, "
                                            f"not {index}; the ledger changed since the plan was made")
             part = parts[index]
             stores = ObjectStoreHook(self.store_conn_id).get_stores(spec.object_store, spec.object_store.failover)
-            root = self.workdir_root or os.environ.get("EVENT_SERVICE_WORKDIR")
+            root = self.workdir_root or settings.WORKDIR.get()
             try:
                 with tempfile.TemporaryDirectory(prefix=f"merge-{self.task_name}-", dir=root) as tmp:
                     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,15 +9,27 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from event_service.merge.register import cleanup_range_outputs, register_output
+from event_service import settings
 from event_service.merge.part import MergedFile
+from event_service.merge.register import cleanup_range_outputs, register_output
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 from event_service_airflow.operators.merge import STAGING
 
 
 class RegisterOutputOperator(BaseOperator):
     """Writes each merged file to normal storage (no overwrite of a different file, checksum read back),
-    records it in the catalog, marks its ranges ``merged``, and emits one Asset event for the dataset."""
+    records it in the catalog, marks its ranges ``merged``, and emits one Asset event for the dataset.
+
+    Files are fetched from the staging area into a temporary folder under $EVENT_SERVICE_WORKDIR (default: the
+    system's).
+
+    :param task_name: the event-service task (templated)
+    :param dataset_asset: the Asset of the task's dataset: the task's outlet, its event carries the files' facts
+    :param merge_task_id: the task id of the mapped merge whose results are registered
+    :param ledger_conn_id: the Airflow connection of the ledger
+    :param store_conn_id: the Airflow connection of the object store and of normal storage
+    :param kwargs: passed on to ``BaseOperator`` (``outlets`` defaults to ``[dataset_asset]``)
+    """
 
     template_fields = ("task_name",)
 
@@ -44,7 +55,7 @@ class RegisterOutputOperator(BaseOperator):
             storage = hook.get_store(spec.merge.output_url, spec.merge.endpoint_url)
             try:
                 with tempfile.TemporaryDirectory(prefix=f"register-{self.task_name}-",
-                                                 dir=os.environ.get("EVENT_SERVICE_WORKDIR")) as tmp:
+                                                 dir=settings.WORKDIR.get()) as tmp:
                     for part in merged_parts:
                         local = Path(tmp) / part["file_name"]
                         staging.get(part["key"], local)
@@ -76,7 +87,13 @@ class RegisterOutputOperator(BaseOperator):
 
 
 class CleanupOperator(BaseOperator):
-    """Deletes the per-range objects of merged ranges and the staged merged files."""
+    """Deletes the per-range objects of merged ranges and the staged merged files.
+
+    :param task_name: the event-service task (templated)
+    :param ledger_conn_id: the Airflow connection of the ledger
+    :param store_conn_id: the Airflow connection of the task's object stores
+    :param kwargs: passed on to ``BaseOperator``
+    """
 
     template_fields = ("task_name",)
 

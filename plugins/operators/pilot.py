@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
+from event_service import settings
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 RUNNER = Path(sys.executable).with_name("payload-runner")
@@ -28,6 +29,20 @@ class RunPilotOperator(BaseOperator):
     ``http://airflow:8080/event-service``; password: a token for the task) the runner works over HTTP like
     any external runner; without one it works on the ledger directly (the embedded mode). When Airflow
     stops the task, the runner gets SIGTERM and drains: it gives back what it has not started.
+
+    :param task_name: the event-service task (templated)
+    :param slot: the pilot slot, which names the work folder and the worker id (templated; mapped from
+        register_task)
+    :param ledger_conn_id: the Airflow connection of the ledger, used when there is no dispatch connection
+    :param dispatch_conn_id: the Airflow connection of the dispatch API; None, or no such connection: the
+        runner works on the ledger directly
+    :param store_conn_id: the Airflow connection whose S3 keys the runner gets for its stage-out (None: none)
+    :param payload_workers: payload processes the runner runs side by side (``payload-runner --workers``)
+    :param workdir_root: the folder of the work folders ``<task>/slot<n>/`` (default: $EVENT_SERVICE_WORKDIR,
+        else ``es-pilots/`` in the working directory)
+    :param runner_args: more arguments for ``payload-runner``
+    :param drain_grace_s: seconds the runner has to drain when Airflow stops the task, before it is killed
+    :param kwargs: passed on to ``BaseOperator``
     """
 
     template_fields = ("task_name", "slot")
@@ -64,7 +79,7 @@ class RunPilotOperator(BaseOperator):
                 if conn.port:
                     url = url.rstrip("/") + f":{conn.port}"
                 return ["--server", url.rstrip("/") + (f"/{conn.schema.strip('/')}" if conn.schema else "")], {
-                    "EVENT_SERVICE_TOKEN": conn.password}
+                    settings.TOKEN.name: conn.password}
         return ["--ledger", LedgerHook(self.ledger_conn_id).url], {}
 
     def _store_credentials(self) -> dict[str, str]:
@@ -78,7 +93,7 @@ class RunPilotOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         slot = int(self.slot)
-        root = Path(self.workdir_root or os.environ.get("EVENT_SERVICE_WORKDIR") or Path.cwd() / "es-pilots")
+        root = Path(self.workdir_root or settings.WORKDIR.get() or Path.cwd() / "es-pilots")
         workdir = root / self.task_name / f"slot{slot}"
         workdir.mkdir(parents=True, exist_ok=True)
         source, secrets = self._source()

@@ -9,8 +9,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from event_service.errors import SpecError, TaskNotFoundError
 from event_service.inputs.check import InputCheckError, require_readable_inputs
-from event_service.statuses import TaskState
 from event_service.spec import TaskSpec
+from event_service.statuses import TaskState
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 
 
@@ -19,6 +19,14 @@ class RegisterTaskOperator(BaseOperator):
 
     ``workers`` and ``events_per_range`` may be templated from the DAG's params; ``events_per_range``
     applies when the task is created (a resumed task keeps the cut it was created with).
+
+    :param spec: the task spec, as a mapping (templated)
+    :param workers: the number of pilot slots to return (templated)
+    :param events_per_range: overrides the spec's when the task is created; None or empty: the spec's (templated)
+    :param ledger_conn_id: the Airflow connection of the ledger
+    :param store_conn_id: the Airflow connection of the object stores, whose reachability is checked first
+    :param check_inputs: open every input before creating the task (s3:// inputs are not opened)
+    :param kwargs: passed on to ``BaseOperator``
     """
 
     template_fields = ("spec", "workers", "events_per_range")

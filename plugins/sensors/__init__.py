@@ -1,7 +1,7 @@
-"""Airflow sensors of the event service: the deferrable completion sensor and its trigger."""
+"""Airflow sensors of the event service: the deferrable completion sensor (its trigger: ``triggers``)."""
 
 from __future__ import annotations
 
-from event_service_airflow.sensors.completion import TaskCompleteSensor, TaskCompleteTrigger
+from event_service_airflow.sensors.completion import TaskCompleteSensor
 
-__all__ = ["TaskCompleteSensor", "TaskCompleteTrigger"]
+__all__ = ["TaskCompleteSensor"]

@@ -13,7 +13,8 @@ from event_service.ledger import Ledger
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import InputFile, TaskSpec
 from event_service.stores import LocalStore
-from event_service_airflow.sensors import TaskCompleteSensor, TaskCompleteTrigger
+from event_service_airflow.sensors import TaskCompleteSensor
+from event_service_airflow.triggers import TaskCompleteTrigger
 from tests.event_service_airflow.conftest import spec_dict
 
 
@@ -43,9 +44,30 @@ def finish_all(ledger: Ledger, store: LocalStore, task: str, *, fatal: int = 0) 
 def test_trigger_serializes_to_its_own_arguments() -> None:
     trigger = TaskCompleteTrigger("demo", "led", "sto", poll_interval=2.5, stall_timeout=30.0)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "event_service_airflow.sensors.completion.TaskCompleteTrigger"
+    assert classpath == "event_service_airflow.triggers.completion.TaskCompleteTrigger"
     again = TaskCompleteTrigger(**kwargs)
     assert again.serialize() == (classpath, kwargs)
+
+
+def test_a_trigger_row_written_under_the_former_class_path_still_resumes() -> None:
+    """The triggerer rebuilds a deferred task's trigger from its row: the stored class path, imported with the
+    triggerer's own import function (its ``get_trigger_by_classpath``), called with the stored kwargs."""
+    from airflow.jobs import triggerer_job_runner
+    from airflow.models.trigger import Trigger
+    from airflow.serialization.decoders import smart_decode_trigger_kwargs
+
+    # what the former TaskCompleteTrigger.serialize() wrote, stored as a deferral stores it
+    row = Trigger(classpath="event_service_airflow.sensors.completion.TaskCompleteTrigger",
+                  kwargs={"task_name": "demo", "ledger_conn_id": "led", "store_conn_id": "sto",
+                          "poll_interval": 2.5, "stall_timeout": 30.0})
+    trigger_class = triggerer_job_runner.import_string(row.classpath)
+    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(row.encrypted_kwargs).items()}
+    trigger = trigger_class(**kwargs)
+    assert trigger_class is TaskCompleteTrigger
+    assert (trigger.task_name, trigger.ledger_conn_id, trigger.store_conn_id) == ("demo", "led", "sto")
+    assert (trigger.poll_interval, trigger.stall_timeout) == (2.5, 30.0)
+    # once it defers again, the row names the trigger's own module
+    assert trigger.serialize() == ("event_service_airflow.triggers.completion.TaskCompleteTrigger", kwargs)
 
 
 def test_sensor_defers_to_the_trigger_while_ranges_are_open(connections: Path, tmp_path: Path,

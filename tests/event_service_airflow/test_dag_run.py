@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from event_service.merge.register import catalog_entries
-from event_service.merge.certify import Validation
 from event_service.ledger import Ledger
+from event_service.merge.certify import Validation
+from event_service.merge.register import catalog_entries
 
 EXE = Path(sys.executable).with_name("event-service")
 

@@ -65,6 +65,6 @@ def test_an_object_store_that_does_not_answer_creates_nothing(connections: Path,
     with pytest.raises(AirflowFailException) as caught:
         register(spec)
     message = str(caught.value)
-    assert message.startswith(f"task 'nowhere': object_store s3://bucket/ranges cannot be used: ")
+    assert message.startswith("task 'nowhere': object_store s3://bucket/ranges cannot be used: ")
     assert f"cannot reach {endpoint}" in message and message.endswith("Nothing was created.")
     assert task_names(connections) == []
