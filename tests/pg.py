@@ -236,6 +236,21 @@ class ThrowawayCluster:
         self.startup_seconds = time.monotonic() - began
         log.info("throw-away PostgreSQL at %s (%s) up in %.2fs", self.url, self.root, self.startup_seconds)
 
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server (``pg_ctl stop -m mode``) and keep its data: an outage that ``start`` ends."""
+        result = self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop")
+        if result.returncode != 0:
+            raise PgUnavailable(f"pg_ctl stop -m {mode} failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port."""
+        options = (f"-c listen_addresses={LOCAL_HOST} -c port={self.port} "
+                   f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=200")
+        result = self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "-o",
+                           options, "start")
+        if result.returncode != 0:
+            raise PgUnavailable(f"pg_ctl start failed: {result.stdout}{result.stderr}\n{self._log_tail()}")
+
     def _stop_and_remove(self) -> None:
         failures: list[str] = []
         # postmaster.pid also covers a server that came up after `pg_ctl start -w` had given up on it.

@@ -77,6 +77,13 @@ def _sqlite_engine(parsed: Any) -> Engine:
     return engine
 
 
+# What drivers say when the database is down, restarting or out of reach (psycopg2 gives these no SQLSTATE).
+OUTAGE_MESSAGES = ("database is locked", "server closed the connection", "connection refused",
+                   "could not connect", "connection to server", "terminating connection", "the database system is",
+                   "no connection to the server", "ssl connection has been closed", "connection already closed",
+                   "could not receive data", "could not send data", "unable to open database file")
+
+
 def is_retryable(exc: DBAPIError) -> bool:
     """True for errors a fresh transaction can cure: lost connections, deadlocks, serialization, busy."""
     if exc.connection_invalidated:
@@ -85,4 +92,4 @@ def is_retryable(exc: DBAPIError) -> bool:
     if code in ("40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"):
         return True
     message = str(exc.orig).lower()
-    return "database is locked" in message or "server closed the connection" in message
+    return any(sign in message for sign in OUTAGE_MESSAGES)

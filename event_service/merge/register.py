@@ -283,10 +283,10 @@ def catalog_entries(ledger: Ledger, task: str | None = None, dataset: str | None
         query = query.where(catalog.c.task_id == ledger.task(task).id)
     if dataset is not None:
         query = query.where(catalog.c.dataset == dataset)
-    with ledger.engine.connect() as conn:
-        return [CatalogEntry(r.dataset, r.file_name, r.task_name, r.events, r.size, r.adler32, r.location,
-                             r.first_range, r.last_range, r.registered_at, r.certification, r.validation)
-                for r in conn.execute(query).all()]
+    return ledger.transaction(lambda conn: [  # the ledger's retries; an outage is LedgerUnavailableError
+        CatalogEntry(r.dataset, r.file_name, r.task_name, r.events, r.size, r.adler32, r.location, r.first_range,
+                     r.last_range, r.registered_at, r.certification, r.validation)
+        for r in conn.execute(query).all()])
 
 
 def cleanup_range_outputs(ledger: Ledger, task: str, stores: Mapping[str | None, ObjectStore]) -> int:

@@ -148,8 +148,8 @@ def _records(ledger: Ledger, conn: Connection, names: Sequence[str] | None) -> l
 
 def task_list(ledger: Ledger, now: float, window_s: float = DEFAULT_WINDOW_S) -> TaskList:
     """Every task's summary, oldest task first."""
-    with ledger.engine.connect() as conn:
-        return TaskList(now=now, tasks=_summaries(conn, _records(ledger, conn, None), now, window_s))
+    return ledger.transaction(  # the ledger's retries; an outage is LedgerUnavailableError (503)
+        lambda conn: TaskList(now=now, tasks=_summaries(conn, _records(ledger, conn, None), now, window_s)))
 
 
 # -- the task page ------------------------------------------------------------------------------------------
@@ -293,7 +293,8 @@ def task_detail(ledger: Ledger, task: str, now: float, *, window_s: float = DEFA
     width = auto_bin_s(span) if bin_s is None else bin_s
     width = max(width, span / MAX_RATE_BINS)
     outputs = _outputs(ledger, task)
-    with ledger.engine.connect() as conn:
+
+    def read(conn: Connection) -> TaskDetail:
         summary = _summaries(conn, _records(ledger, conn, [task]), now, window_s)[0]
         total, by_code, by_host = _failures(conn, record)
         return TaskDetail(
@@ -301,3 +302,5 @@ def task_detail(ledger: Ledger, task: str, now: float, *, window_s: float = DEFA
             durations=_durations(conn, record, duration_bins), cpu_efficiency=_efficiency(conn, record),
             failures=total, failures_by_code=by_code, failures_by_host=by_host,
             attempts=_attempts(conn, record), workers=_workers(conn, record, now, max_workers), outputs=outputs)
+
+    return ledger.transaction(read)

@@ -38,6 +38,7 @@ METHODS: dict[str, Callable[[PandaService, dict[str, Any]], dict[str, Any]]] = {
     "updateEventRanges": PandaService.update_event_ranges,
     "checkEventsAvailability": PandaService.check_events_availability,
 }
+RETRY_AFTER_S = "5"  # what an outage's 503 tells the pilot, as the dispatch routes do
 # Version 0 of updateEventRanges carries these reply fields as JSON text, as PanDA's server does.
 _JSON_TEXT_V0 = ("Returns", "Command")
 
@@ -45,9 +46,11 @@ _JSON_TEXT_V0 = ("Returns", "Command")
 def _reply(request: Request, body: dict[str, Any], status_code: int = 200, *, version_0: bool = False) -> Response:
     if version_0:
         body = {key: json.dumps(value) if key in _JSON_TEXT_V0 else value for key, value in body.items()}
+    headers = {"Retry-After": RETRY_AFTER_S} if status_code == 503 else None
     if wants_json(request.headers.get("accept", "")):
-        return JSONResponse(body, status_code)
-    return PlainTextResponse(encode_form(body), status_code, media_type="application/x-www-form-urlencoded")
+        return JSONResponse(body, status_code, headers=headers)
+    return PlainTextResponse(encode_form(body), status_code, headers=headers,
+                             media_type="application/x-www-form-urlencoded")
 
 
 def _authorized(request: Request, tokens: tuple[str, ...]) -> str | None:
