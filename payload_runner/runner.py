@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from event_service.messages import ClaimedRange, RangeUpdate, UpdateResult
-from event_service.statuses import IN_FLIGHT, WITH_OUTPUT, TaskState
+from event_service.statuses import WITH_OUTPUT
 from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
+from payload_runner.claims import ClaimControl
 from payload_runner.manifest import Manifest, PendingOutput
 from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
@@ -29,6 +26,7 @@ from payload_runner.protocol import (
     ReadyForEvents,
     parse_payload_message,
 )
+from payload_runner.reports import ReportControl
 from payload_runner.source import RangeSource
 from payload_runner.stageout import (
     StageOut,
@@ -44,7 +42,10 @@ UPLOAD_ROUNDS = 3  # stage-outs of one output (each with its own retries) before
 
 
 class Runner:
-    """One runner: one task, one worker id, N payload processes sharing one queue of claimed ranges."""
+    """One runner: one task, one worker id, N payload processes sharing one queue of claimed ranges.
+
+    The loop (``_step``) moves event ranges between the payload processes and the stage-out; what is claimed and
+    when is ``claims`` (a ClaimControl), what is reported and when is ``reports`` (a ReportControl)."""
 
     def __init__(self, source: RangeSource, command: list[str], stores: Sequence[StageOutTarget], workdir: Path,
                  worker_id: str, options: RunnerOptions | None = None) -> None:
@@ -52,33 +53,17 @@ class Runner:
         self.options = options or RunnerOptions()
         self.workdir = workdir.resolve()
         self.worker_id = worker_id
-        self.batch = self.options.batch or 2 * self.options.workers
-        self.range_s: float | None = None  # moving average of a range's time in a payload, hand-over included
         self.summary = RunSummary(task=source.task, worker=worker_id)
         self.stageout = StageOut(source.task, stores, threads=self.options.stageout_threads,
                                  retries=self.options.upload_retries, backoff_s=self.options.upload_backoff_s)
         self.command = command
-        self.queue: deque[ClaimedRange] = deque()
-        self.waiting: deque[bytes] = deque()
-        self.updates: list[RangeUpdate] = []
-        # Claims and reports go out from their own threads (one each), so the loop never waits for the API.
-        self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
-        self.claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim")
-        self.reporting: tuple[list[RangeUpdate], Future[list[UpdateResult]]] | None = None  # sent, not answered
-        self.claim_call: Future[tuple[list[ClaimedRange], TaskState]] | None = None  # asked, not answered
-        self.staged: dict[tuple[str, int], Path] = {}  # reported outputs' local files, removed once reported
+        self.waiting: deque[bytes] = deque()  # payloads that asked for events while none was queued
         self.deferred: list[tuple[StageOutJob, str]] = []  # outputs whose upload waits for the store to answer
         self.upload_rounds: dict[tuple[str, int], int] = {}
-        self.events_of: dict[str, int] = {}
         self.stop = threading.Event()  # a drain was asked for (signal, cancel, idle, failure)
-        self.closing = threading.Event()  # the run is over: the heartbeat thread ends
-        self.claiming = True
-        self.task_over = False
+        self.reports = ReportControl(source, self.options, self.summary, self.stop)
+        self.claims = ClaimControl(source, self.options, self.summary, self.reports, self.stop, self._holding)
         self.drain_deadline: float | None = None
-        self.next_claim = 0.0
-        self.claim_backoff = 0.2
-        self.last_range_at = time.monotonic()
-        self.last_flush = time.monotonic()
         self.next_probe = 0.0
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -91,8 +76,8 @@ class Runner:
         clear_payload_folders(self.workdir, {Path(item.path) for item in recovered})
         Manifest.archive(self.workdir)
         self.manifest = Manifest(self.workdir)
+        self.reports.open(self.manifest)
         restore = self._install_signal_handlers()
-        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         try:
             with RunnerChannel(channel_address(self.workdir)) as channel:
                 self.channel = channel
@@ -100,24 +85,12 @@ class Runner:
                                         self.worker_id, self.options.max_restarts
                                         if self.options.max_restarts is not None else 3 * self.options.workers)
                 self._recover(recovered)
-                beat.start()
+                self.reports.start_heartbeats()
                 self.pool.start()
                 while self._step():
                     pass
         finally:
-            self.closing.set()
-            if beat.is_alive():
-                beat.join(timeout=5)
-            if hasattr(self, "pool"):
-                self.pool.stop(grace_s=1.0)
-            self.stageout.close(wait=True)
-            self._collect(self.stageout.results())
-            self._fail_deferred()
-            self._flush(force=True)
-            self.reporter.shutdown(wait=True)
-            self.claimer.shutdown(wait=True)
-            self.manifest.close()
-            self.source.close()
+            self._wind_down()
             restore()
         self.summary.wall_s = time.monotonic() - started
         self.summary.staged_bytes = self.stageout.bytes
@@ -125,15 +98,30 @@ class Runner:
         self.summary.restarts = self.pool.restarts
         return self.summary
 
+    def _wind_down(self) -> None:
+        """The end of a run: payloads stopped, the last uploads taken in and reported, the threads ended."""
+        self.reports.stop_heartbeats()
+        if hasattr(self, "pool"):
+            self.pool.stop(grace_s=1.0)
+        self.stageout.close(wait=True)
+        self._collect(self.stageout.results())
+        self._fail_deferred()
+        self.reports.flush(force=True)
+        self.reports.close()
+        self.claims.close()
+        self.manifest.close()
+        self.source.close()
+
     def _step(self) -> bool:
         """One turn of the loop; False when the runner is finished."""
         now = time.monotonic()
         if self.stop.is_set() and self.drain_deadline is None:
             self._drain(now, "drained" if self.summary.reason == "done" else self.summary.reason)
         self._watch_stageout(now)
-        self._claim(now)
+        if self.claims.step(now, asked=bool(self.waiting)):
+            self._hand_out_waiting()
         # Wait for payload messages, but not long when uploads, reports or a claim are out and nothing is queued.
-        tail = (self.stageout.pending or self.reporting or self.claim_call) and not self.queue
+        tail = (self.stageout.pending or self.reports.reporting or self.claims.out) and not self.claims.queue
         received = self._receive(0.02 if tail else 0.2)
         # Then whatever else has arrived, before the housekeeping below: with short ranges messages come faster
         # than one per turn of the loop would take them.
@@ -146,7 +134,7 @@ class Runner:
             received = self._receive(0.0)
         self._watch_processes(time.monotonic())
         self._collect(self.stageout.results())
-        self._flush()
+        self.reports.flush(self.claims.report_batch)
         return not self._finished()
 
     def _receive(self, timeout_s: float) -> tuple[bytes, str] | None:
@@ -157,7 +145,7 @@ class Runner:
             return None
 
     def _finished(self) -> bool:
-        if self.claiming or self.queue or self.claim_call or (self.stageout.is_down and self.drain_deadline is None):
+        if self.claims.more_to_come or self.claims.out or (self.stageout.is_down and self.drain_deadline is None):
             return False
         if any(p.in_flight for p in self.pool.processes.values()):
             return False
@@ -169,103 +157,31 @@ class Runner:
                     process.told_no_more = True
             self.waiting.clear()
             return False
-        return self.stageout.pending == 0 and not self.updates and not self.deferred and self.reporting is None
-
-    # -- claiming and handing out ---------------------------------------------------------------------------
-
-    def _adapt_batch(self, seconds: float) -> None:
-        """Claim about ``claim_ahead_s`` of work per payload: short ranges in larger batches, fewer calls.
-
-        At least two ranges per payload process (one running, one waiting), at most ``max_batch``, and never
-        more than a tenth of the lease ahead, so claimed ranges do not sit in the queue for long."""
-        self.range_s = seconds if self.range_s is None else 0.8 * self.range_s + 0.2 * seconds
-        if self.options.batch is not None:
-            return
-        workers = self.options.workers
-        ahead = min(self.options.claim_ahead_s, self.source.lease_seconds / 10)
-        wanted = math.ceil(workers * ahead / max(self.range_s, 1e-3))
-        self.batch = max(2 * workers, min(self.options.max_batch, wanted))
-
-    def _claim(self, now: float) -> None:
-        """Ask for more ranges from the claim thread, the loop going on meanwhile; take the answer in on a later
-        turn."""
-        if self.claim_call is not None:
-            if not self.claim_call.done():
-                return
-            call, self.claim_call = self.claim_call, None
-            try:
-                ranges, state = call.result()
-            except (ConnectionError, OSError) as exc:
-                log.warning("claim failed: %s; retrying in %.1f s", exc, self.claim_backoff)
-                self._back_off(now)
-                return
-            self._claimed(now, ranges, state)
-            return
-        # Claim again when the queue is down to half a batch (one range per payload with the smallest batch).
-        if not self.claiming or len(self.queue) > max(self.options.workers, self.batch // 2) or now < self.next_claim:
-            return
-        if self.summary.claimed == 0 and not self.waiting:
-            return  # no lease starts ticking before a payload is up and asks for events
-        self.claim_call = self.claimer.submit(self.source.claim, self.batch - len(self.queue))
-
-    def _claimed(self, now: float, ranges: list[ClaimedRange], state: TaskState) -> None:
-        self.summary.claimed += len(ranges)
-        if ranges and not self.claiming:  # a drain or a store outage began while the claim was out
-            for r in ranges:
-                self._release(r)
-                self.summary.released += 1
-            return
-        if ranges:
-            self.queue.extend(ranges)
-            for r in ranges:
-                self.events_of[r.range_id] = r.last_event - r.first_event + 1
-            self.last_range_at = now
-            self.claim_backoff = 0.2
-            while self.waiting and self.queue:
-                process = self.pool.processes.get(self.waiting.popleft())
-                if process is not None:
-                    self._hand_out(process)
-            return
-        if state == TaskState.DONE:
-            log.info("task %s is done: no more ranges", self.source.task)
-            self.claiming = False
-            self.task_over = True
-        elif state == TaskState.CANCELLED:
-            self.summary.reason = "cancelled"
-            self.stop.set()
-        elif self.options.idle_timeout_s is not None and now - self.last_range_at > self.options.idle_timeout_s:
-            log.info("no range for %.0f s (others hold them); leaving", self.options.idle_timeout_s)
-            self.summary.reason = "idle"
-            self.stop.set()
-        elif self._holding():
-            # The ranges "held by others" may be our own, still in a payload or the stage-out: ask again
-            # soon, without growing the back-off, once their reports are out.
-            self.claim_backoff = 0.2
-            self.next_claim = now + self.claim_backoff
-        else:
-            self._back_off(now)
-
-    def _claims_paused(self) -> bool:
-        """Claiming stopped only while the object store is down: it resumes when the store answers again."""
-        return self.stageout.is_down and not self.task_over and self.drain_deadline is None
+        return self.stageout.pending == 0 and not self.deferred and not self.reports.pending
 
     def _holding(self) -> bool:
-        return bool(self.updates or self.reporting or self.stageout.pending or self.deferred
+        """Ranges of this runner are still in a payload, the stage-out or a report."""
+        return bool(self.reports.pending or self.stageout.pending or self.deferred
                     or any(p.in_flight for p in self.pool.processes.values()))
 
-    def _back_off(self, now: float) -> None:
-        self.next_claim = now + self.claim_backoff
-        self.claim_backoff = min(self.claim_backoff * 2, self.options.poll_max_s)
+    # -- handing out ----------------------------------------------------------------------------------------
+
+    def _hand_out_waiting(self) -> None:
+        """Ranges came in: the payloads that asked while none was queued get theirs."""
+        while self.waiting and self.claims.queue:
+            process = self.pool.processes.get(self.waiting.popleft())
+            if process is not None:
+                self._hand_out(process)
 
     def _hand_out(self, process: PayloadProcess) -> None:
-        if self.queue:
-            r = self.queue.popleft()
+        r = self.claims.take()
+        if r is not None:
             message = EventRangeMessage.from_claimed(r.range_id, r.lfn, r.guid, r.first_event, r.last_event,
                                                      pfn=r.url)
             process.in_flight = r
             process.range_started = time.monotonic()
             self._send(process, message.dump())
-        elif self.claiming or self._claims_paused():
+        elif self.claims.claiming or (self.stageout.is_down and self.claims.resumable):
             # Answered when the next claim brings ranges (after an object-store outage, too).
             self.waiting.append(process.peer)
         else:
@@ -302,8 +218,8 @@ class Runner:
             return
         if isinstance(message, ReadyForEvents):
             if process.in_flight is not None:
-                self._fail(process.in_flight.range_id, process.in_flight.attempt, "ERR_NO_OUTPUT",
-                           f"payload {process.identity} asked for events without reporting this range")
+                self.reports.fail(process.in_flight.range_id, process.in_flight.attempt, "ERR_NO_OUTPUT",
+                                  f"payload {process.identity} asked for events without reporting this range")
                 process.in_flight = None
             self._hand_out(process)
         elif isinstance(message, OutputReport):
@@ -314,7 +230,8 @@ class Runner:
                 log.error("payload %s reported an error for %s, which it does not hold", process.identity,
                           message.range_id)
                 return
-            self._fail(r.range_id, r.attempt, message.code, message.message or f"payload reported {message.code}")
+            self.reports.fail(r.range_id, r.attempt, message.code,
+                              message.message or f"payload reported {message.code}")
             process.in_flight = None
 
     def _on_output(self, process: PayloadProcess, message: OutputReport) -> None:
@@ -325,17 +242,17 @@ class Runner:
                       r.range_id if r is not None else "no range")
             return
         process.in_flight = None
-        self._adapt_batch(time.monotonic() - process.range_started)
+        self.claims.adapt_batch(time.monotonic() - process.range_started)
         # Only a file in the payload's own folder: not the runner's manifest or worker id, not another slot's
         # output, not the payload's log (the runner deletes what it has reported).
         path = process.own_output(message.path)
         if path is None:
-            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR",
-                       f"output path {message.path!r} is outside the payload's folder {process.folder} "
-                       "(or is its log)")
+            self.reports.fail(r.range_id, r.attempt, "ERR_OUTPUT_OUTSIDE_WORKDIR",
+                              f"output path {message.path!r} is outside the payload's folder {process.folder} "
+                              "(or is its log)")
             return
         if not path.is_file():
-            self._fail(r.range_id, r.attempt, "ERR_OUTPUT_MISSING", f"output file {path} does not exist")
+            self.reports.fail(r.range_id, r.attempt, "ERR_OUTPUT_MISSING", f"output file {path} does not exist")
             return
         self.summary.payload_cpu_s += float(message.cpu_s)
         self.summary.payload_wall_s += float(message.wall_s)
@@ -343,26 +260,18 @@ class Runner:
         self.manifest.output(pending)
         self.stageout.submit(StageOutJob(r.range_id, r.attempt, path, pending.cpu_s, pending.wall_s))
 
-    # -- failures -------------------------------------------------------------------------------------------
-
-    def _fail(self, range_id: str, attempt: int, code: str, error: str) -> None:
-        log.warning("range %s failed (%s): %s", range_id, code, error)
-        self.updates.append(RangeUpdate(range_id=range_id, status="failed", error_code=code[:64],
-                                        error=error[:4096], attempt=attempt))
-
-    def _release(self, r: ClaimedRange) -> None:
-        self.updates.append(RangeUpdate(range_id=r.range_id, status="ready", attempt=r.attempt))
+    # -- payload processes and drains -----------------------------------------------------------------------
 
     def _lose(self, process: PayloadProcess, code: str, error: str, *, kill: bool) -> None:
         """A payload process is gone or must go: its range failed; restart it within the budget."""
         if kill:
             self.pool.kill(process)
         if process.in_flight is not None:
-            self._fail(process.in_flight.range_id, process.in_flight.attempt, code, error)
+            self.reports.fail(process.in_flight.range_id, process.in_flight.attempt, code, error)
             process.in_flight = None
         if process.peer in self.waiting:
             self.waiting.remove(process.peer)
-        if self.drain_deadline is not None or not (self.claiming or self.queue):
+        if self.drain_deadline is not None or not self.claims.more_to_come:
             return
         if self.pool.restart(process) is None and not self.pool.processes:
             self.summary.notes.append(f"payload restart budget ({self.pool.max_restarts}) exhausted: {error}")
@@ -385,20 +294,16 @@ class Runner:
                 log.warning("payload %s still busy at the end of the grace period; stopping it", process.identity)
                 self.pool.kill(process)
                 if process.in_flight is not None:
-                    self._release(process.in_flight)
-                    self.summary.released += 1
+                    self.reports.release(process.in_flight)
                     process.in_flight = None
 
     def _drain(self, now: float, reason: str) -> None:
         """Stop claiming, give back what has not started, let the payloads finish within the grace period."""
         log.info("draining (%s): %d queued ranges given back, %.0f s grace for ranges in flight", reason,
-                 len(self.queue), self.options.grace_s)
+                 len(self.claims.queue), self.options.grace_s)
         self.summary.reason = reason
-        self.claiming = False
         self.drain_deadline = now + self.options.grace_s
-        while self.queue:
-            self._release(self.queue.popleft())
-            self.summary.released += 1
+        self.claims.drain()
         for peer in list(self.waiting):
             process = self.pool.processes.get(peer)
             if process is not None:
@@ -408,19 +313,14 @@ class Runner:
         if self.stageout.is_down:
             self._fail_deferred()  # they cannot be uploaded within the grace period
 
-    # -- stage-out and reports -----------------------------------------------------------------------------
+    # -- stage-out -----------------------------------------------------------------------------------------
 
     def _watch_stageout(self, now: float) -> None:
         if not self.stageout.is_down:
             self._retry_deferred()
-            if not self.claiming and not self.task_over and self.drain_deadline is None:
-                self.claiming = True  # the store is back
+            self.claims.resume()  # the store is back
             return
-        if self.claiming:
-            self.claiming = False
-            while self.queue:
-                self._release(self.queue.popleft())
-                self.summary.released += 1
+        self.claims.pause()
         assert self.stageout.down_since is not None
         if now - self.stageout.down_since > self.options.outage_s:
             self.summary.reason = "stageout_failed"
@@ -429,26 +329,23 @@ class Runner:
             self.stop.set()
         elif now >= self.next_probe:
             self.next_probe = now + 5.0
-            if self.stageout.probe() and not self.task_over and self.drain_deadline is None:
-                self.claiming = True  # at once: with claiming off and the store up, the runner would end
+            if self.stageout.probe():
+                self.claims.resume()  # at once: with claiming off and the store up, the runner would end
 
     def _collect(self, results: list[StageOutResult]) -> None:
         for result in results:
             job = result.job
-            if result.output is None:
-                error = result.error or "stage-out failed"
-                # A store that does not answer: keep the output (its lease stays renewed) and upload it again
-                # once the store answers, instead of throwing its CPU away. A refused upload is final.
-                if (self.drain_deadline is None and not result.final
-                        and self.upload_rounds.get((job.range_id, job.attempt), 0) < UPLOAD_ROUNDS - 1):
-                    self.deferred.append((job, error))
-                    continue
-                self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", error)
-                self.staged[(job.range_id, job.attempt)] = job.path
+            if result.output is not None:
+                self.reports.finished(job, result.output)
                 continue
-            self.staged[(job.range_id, job.attempt)] = job.path
-            self.updates.append(RangeUpdate(range_id=job.range_id, status="finished", output=result.output,
-                                            cpu_s=job.cpu_s, wall_s=job.wall_s, attempt=job.attempt))
+            error = result.error or "stage-out failed"
+            # A store that does not answer: keep the output (its lease stays renewed) and upload it again
+            # once the store answers, instead of throwing its CPU away. A refused upload is final.
+            if (self.drain_deadline is None and not result.final
+                    and self.upload_rounds.get((job.range_id, job.attempt), 0) < UPLOAD_ROUNDS - 1):
+                self.deferred.append((job, error))
+                continue
+            self.reports.output_failed(job, error)
 
     def _retry_deferred(self) -> None:
         """The store answers: upload again the outputs whose stage-out failed."""
@@ -464,75 +361,10 @@ class Runner:
     def _fail_deferred(self) -> None:
         """Outputs still waiting for the store fail their ranges, which are re-dispatched."""
         for job, error in self.deferred:
-            self._fail(job.range_id, job.attempt, "ERR_STAGEOUT", error)
-            self.staged[(job.range_id, job.attempt)] = job.path
+            self.reports.output_failed(job, error)
         self.deferred.clear()
 
-    def _flush(self, force: bool = False) -> None:
-        """Send the waiting reports, in batches of up to 1,000. The loop's own reports go out from the reporter
-        thread while the loop goes on feeding payloads; their answers are taken in here, on a later turn. With
-        ``force`` (the end of the run) the call waits for them."""
-        if self.reporting is not None:
-            batch, future = self.reporting
-            if not force and not future.done():
-                return
-            self.reporting = None
-            try:
-                results = future.result()
-            except (ConnectionError, OSError) as exc:
-                self._report_failed(batch, exc, force)
-                return
-            self._reported(batch, results)
-        now = time.monotonic()
-        # Reports wait to be batched, except when nothing is queued to batch them with (the task's tail).
-        if not self.updates or (not force and self.queue and len(self.updates) < self.batch
-                                and now - self.last_flush < self.options.report_interval_s):
-            return
-        batch, self.updates = self.updates[:1000], self.updates[1000:]
-        self.last_flush = now
-        if not force:
-            self.reporting = (batch, self.reporter.submit(self.source.report, batch))
-            return
-        try:
-            results = self.source.report(batch)
-        except (ConnectionError, OSError) as exc:
-            self._report_failed(batch, exc, force)
-            return
-        self._reported(batch, results)
-        if self.updates:
-            self._flush(force=True)
-
-    def _report_failed(self, batch: list[RangeUpdate], exc: Exception, force: bool) -> None:
-        log.warning("reporting %d ranges failed: %s; keeping them for the next try", len(batch), exc)
-        self.updates[:0] = batch
-        if force:
-            self.summary.notes.append(f"{len(batch)} reports could not be delivered: {exc}")
-
-    def _reported(self, batch: list[RangeUpdate], results: list[UpdateResult]) -> None:
-        """The ledger's answers to a batch of reports: count them, give up refused outputs, drop reported files."""
-        for item, result in zip(batch, results, strict=True):
-            if item.status == "finished":
-                if result.result == "rejected":
-                    self.summary.rejected += 1
-                    log.warning("range %s: %s", item.range_id, result.reason)
-                    if result.status in IN_FLIGHT:
-                        # An output refused on a range still in flight: give the attempt up, or the heartbeats
-                        # would keep the range leased with no output coming (another holder's is refused as is).
-                        self.updates.append(RangeUpdate(range_id=item.range_id, status="failed", attempt=item.attempt,
-                                                        error_code="ERR_OUTPUT_REJECTED",
-                                                        error=(result.reason or "output refused")[:4096]))
-                else:
-                    self.summary.finished += 1
-                    self.summary.events += self.events_of.get(item.range_id, 0)
-            elif item.status == "failed" and result.result == "accepted":
-                self.summary.failed += 1
-            if item.status in ("finished", "failed"):
-                path = self.staged.pop((item.range_id, item.attempt or 0), None)
-                if path is not None:
-                    self.manifest.reported(item.range_id, item.attempt or 0)
-                    path.unlink(missing_ok=True)
-
-    # -- recovery, heartbeats, signals ----------------------------------------------------------------------
+    # -- recovery, signals ----------------------------------------------------------------------------------
 
     def _recover(self, pending: list[PendingOutput]) -> None:
         """Stage out and report outputs that a previous runner in this work directory left behind."""
@@ -560,22 +392,10 @@ class Runner:
                 log.info("output of %s (attempt %d) left by a previous run is already stored as %s; reporting it",
                          item.range_id, item.attempt, stored.key)
                 self.manifest.output(item)
-                self.staged[(item.range_id, item.attempt)] = path
-                self.updates.append(RangeUpdate(range_id=item.range_id, status="finished", output=stored,
-                                                cpu_s=item.cpu_s, wall_s=item.wall_s, attempt=item.attempt))
+                self.reports.finished(job, stored)
             self.summary.recovered += 1
 
-    def _heartbeats(self) -> None:
-        while not self.closing.wait(max(1.0, self.source.lease_seconds / 3)):
-            try:
-                if not self.source.heartbeat():
-                    log.info("the task was cancelled; draining")
-                    self.summary.reason = "cancelled"
-                    self.stop.set()
-            except (ConnectionError, OSError) as exc:
-                log.warning("heartbeat failed: %s", exc)
-
-    def _install_signal_handlers(self) -> Any:
+    def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
