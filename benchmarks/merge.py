@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from event_service.ledger import RangeOutput
-from event_service.merge.hadd import HaddNotFoundError, find_hadd
+from event_service.merge.errors import HaddNotFoundError
+from event_service.merge.hadd import find_hadd
 from event_service.merge.part import MergedFile, merge_part
 from event_service.merge.plan import plan_merge
 from event_service.statuses import RangeStatus

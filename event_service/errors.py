@@ -1,65 +1,19 @@
-"""Errors raised by the event-service core, each subclassing the builtin that fits."""
+"""The error family: EventServiceError, the base of every error this project raises, and the cross-cutting errors."""
 
 from __future__ import annotations
 
 
-class SpecError(ValueError):
+class EventServiceError(Exception):
+    """Every error this project raises on purpose. Each one also subclasses the builtin that fits (``ValueError``,
+    ``KeyError``, ``OSError``, …), so callers may catch either; its message is one line for a user (or a few, for
+    a list of problems). The errors of a package live in its ``errors`` module (``event_service.ledger.errors``,
+    ``event_service.stores.errors``, ``event_service.merge.errors``, ``event_service.api.errors``,
+    ``event_service.inputs.errors``, ``event_service.cli.errors``, ``payload_runner.errors``)."""
+
+
+class SpecError(EventServiceError, ValueError):
     """A task spec is malformed; the message names the source and the offending field."""
 
 
-class TaskNotFoundError(KeyError):
-    """The ledger has no task of that name."""
-
-    def __init__(self, task: str) -> None:
-        super().__init__(task)
-        self.task = task
-
-    def __str__(self) -> str:
-        return f"no task named {self.task!r} in the ledger"
-
-
-class RangeNotFoundError(KeyError):
-    """An event range id is not part of the task it was reported for."""
-
-    def __init__(self, task: str, range_ids: list[str]) -> None:
-        super().__init__(task, range_ids)
-        self.task = task
-        self.range_ids = range_ids
-
-    def __str__(self) -> str:
-        shown = ", ".join(repr(r) for r in self.range_ids[:5])
-        more = f" and {len(self.range_ids) - 5} more" if len(self.range_ids) > 5 else ""
-        return f"task {self.task!r} has no event range {shown}{more}"
-
-
-class TaskExistsError(ValueError):
-    """A task of that name already exists in the ledger."""
-
-    def __init__(self, task: str) -> None:
-        super().__init__(task)
-        self.task = task
-
-    def __str__(self) -> str:
-        return f"a task named {self.task!r} already exists in the ledger"
-
-
-class LedgerSchemaError(RuntimeError):
-    """The database holds a ledger written by an incompatible version of this package."""
-
-
-class LedgerUnavailableError(ConnectionError):
-    """The ledger database could not be reached or kept failing after retries."""
-
-
-class TokenRejectedError(PermissionError):
-    """A task token that does not open the task it was presented for: wrong, or revoked by a cancel."""
-
-    def __init__(self, task: str, revoked: bool) -> None:
-        super().__init__(task, revoked)
-        self.task = task
-        self.revoked = revoked
-
-    def __str__(self) -> str:
-        if self.revoked:
-            return f"task {self.task!r} was cancelled: its token is revoked"
-        return f"the token is not valid for task {self.task!r}"
+class StorageURLError(EventServiceError, ValueError):
+    """A storage URL is malformed, or of a scheme not taken where it is given; the message says what is wrong."""

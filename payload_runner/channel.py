@@ -14,6 +14,7 @@ from typing import Self
 import zmq
 
 from event_service import settings
+from payload_runner.errors import ChannelClosedError, ChannelError, ChannelFrameError
 
 CHANNEL_ENV = settings.CHANNEL.name
 PAYLOAD_ID_ENV = settings.PAYLOAD_ID.name
@@ -26,22 +27,6 @@ DEFAULT_LINGER_S = 1.0
 # with [peer identity, text], which reaches only that payload. No REQ/REP lock-step, so a payload that
 # dies mid-exchange never wedges the runner's socket. Sockets are not thread-safe: use each channel
 # from one thread.
-
-
-class ChannelError(ConnectionError):
-    """The channel could not bind, connect or deliver; the text names the address and the peer."""
-
-
-class ChannelClosedError(ValueError):
-    """An operation on a channel that was already closed."""
-
-
-class ChannelFrameError(ValueError):
-    """A message arrived in an unexpected shape (frame count, not UTF-8); ``peer`` is who sent it."""
-
-    def __init__(self, text: str, peer: bytes | None = None) -> None:
-        super().__init__(text)
-        self.peer = peer
 
 
 def channel_address(workdir: str | Path) -> str:

@@ -127,8 +127,8 @@ class ClaimControl:
 
     def _nothing_ready(self, now: float, state: TaskState) -> None:
         """A claim brought no range: the task is done or cancelled, the runner idle, or others hold the ranges."""
-        if state == TaskState.DONE:
-            log.info("task %s is done: no more ranges", self.source.task)
+        if state in (TaskState.DONE, TaskState.INCOMPLETE):
+            log.info("task %s is %s: no more ranges", self.source.task, state)
             self.claiming = False
             self.task_over = True
         elif state == TaskState.CANCELLED:

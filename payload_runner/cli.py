@@ -13,9 +13,11 @@ import uuid
 from pathlib import Path
 
 from event_service import settings
-from event_service.api.client import DispatchError
+from event_service.api.errors import DispatchError
+from event_service.errors import EventServiceError
 from event_service.spec import ObjectStoreSpec, TaskSpec
 from event_service.stores import ObjectStore, open_location
+from payload_runner.errors import RunnerSetupError
 from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.presigned import GrantedUploads
 from payload_runner.runner import Runner
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kill a payload that says nothing for this long while holding a range")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds in-flight ranges get on a drain")
     parser.add_argument("--max-restarts", type=int, help="payload restarts after crashes (default: 3 x workers)")
+    parser.add_argument("--max-consecutive-failures", type=int, default=5, metavar="N",
+                        help="stop (exit code 5) after N ranges in a row failed here with none succeeding: a broken "
+                             "node; a full or read-only disk stops it at once (default: 5)")
     parser.add_argument("--stageout-threads", type=int, default=4)
     parser.add_argument("--report-interval", type=float, default=1.0,
                         help="seconds between batched reports to the server")
@@ -107,26 +112,34 @@ def _targets(args: argparse.Namespace, spec: ObjectStoreSpec, source: RangeSourc
     if not presigned:
         return list(_stores(spec, args.store, args.store_endpoint))
     if not isinstance(source, ServerSource):
-        raise ValueError("--upload presigned needs --server: the dispatch API signs the uploads")
+        raise RunnerSetupError("--upload presigned needs --server: the dispatch API signs the uploads")
     if args.store:
-        raise ValueError("--upload presigned goes to the task's own stores; drop --store")
+        raise RunnerSetupError("--upload presigned goes to the task's own stores; drop --store")
     if not all_s3:
-        raise ValueError(f"--upload presigned needs S3 stores; task {source.task!r} uses "
-                         f"{', '.join(place.url for place in locations)}")
+        raise RunnerSetupError(f"--upload presigned needs S3 stores; task {source.task!r} uses "
+                               f"{', '.join(place.url for place in locations)}")
     log.info("outputs go up through uploads pre-signed by the dispatch API (no store credentials needed here)")
     return [GrantedUploads(source, source.task, worker, place.url, failover=index > 0)
             for index, place in enumerate(locations)]
 
 
+def split_command(command: str) -> list[str]:
+    """The payload command's words, split as a shell would."""
+    try:
+        return shlex.split(command)
+    except ValueError as exc:  # an unclosed quote, a trailing backslash
+        raise RunnerSetupError(str(exc)) from None
+
+
 def resolve_command(argv: list[str]) -> list[str]:
     """The payload command with its program found on PATH, or beside this Python (a virtualenv's bin)."""
     if not argv:
-        raise ValueError("the payload command is empty")
+        raise RunnerSetupError("the payload command is empty")
     if "/" in argv[0]:
         return argv
     found = shutil.which(argv[0]) or shutil.which(argv[0], path=str(Path(sys.executable).parent))
     if found is None:
-        raise ValueError(f"payload program {argv[0]!r} not found on PATH or in {Path(sys.executable).parent}")
+        raise RunnerSetupError(f"payload program {argv[0]!r} not found on PATH or in {Path(sys.executable).parent}")
     return [found, *argv[1:]]
 
 
@@ -137,7 +150,7 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--ledger needs --task")
     if not args.claim_ahead > 0:
         parser.error(f"--claim-ahead must be a number of seconds above 0, got {args.claim_ahead}")
-    for name in ("workers", "batch", "max_batch", "stageout_threads"):
+    for name in ("workers", "batch", "max_batch", "stageout_threads", "max_consecutive_failures"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -165,13 +178,13 @@ def run(args: argparse.Namespace) -> RunSummary:
         task, payload, store_spec, source = spec.name, spec.payload, spec.object_store, live
     command = args.payload or (payload.command if payload else None)
     if not command:
-        raise ValueError("no payload command: give --payload or name one in the job file")
-    argv = resolve_command(shlex.split(command))
+        raise RunnerSetupError("no payload command: give --payload or name one in the job file")
+    argv = resolve_command(split_command(command))
     options = RunnerOptions(workers=args.workers, batch=args.batch, claim_ahead_s=args.claim_ahead,
                             max_batch=args.max_batch, idle_timeout_s=args.idle_timeout,
                             silence_s=args.silence_timeout, grace_s=args.grace, max_restarts=args.max_restarts,
                             stageout_threads=args.stageout_threads, report_interval_s=args.report_interval,
-                            outage_s=args.outage_timeout)
+                            outage_s=args.outage_timeout, max_consecutive_failures=args.max_consecutive_failures)
     worker_id = _worker_id(workdir, args.worker_id)
     runner = Runner(source, argv, _targets(args, store_spec, source, worker_id), workdir, worker_id, options)
     log.info("runner %s: task %s, %d x %s, work directory %s, store %s", runner.worker_id, task, args.workers,
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except DispatchError as exc:  # a wrong or revoked token, an unknown task: the server's words
         print(f"payload-runner: the dispatch API refused: {exc.detail} (HTTP {exc.status})", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, ConnectionError, OSError) as exc:
+    except (EventServiceError, OSError) as exc:  # the project's errors; files, connections
         print(f"payload-runner: {exc}", file=sys.stderr)
         return 2
     s = summary

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-EXIT_CODES = {"done": 0, "cancelled": 0, "drained": 0, "idle": 0, "stageout_failed": 3, "payload_failed": 4}
+# 5: the node is broken (every range fails here, or its disk refuses writes); its queue went back to the ledger.
+EXIT_CODES = {"done": 0, "cancelled": 0, "drained": 0, "idle": 0, "stageout_failed": 3, "payload_failed": 4,
+              "node_failed": 5}
 
 
 @dataclass
@@ -26,6 +28,7 @@ class RunnerOptions:
     report_interval_s: float = 1.0
     outage_s: float = 600.0  # give up when the object store stays unreachable for this long
     poll_max_s: float = 10.0  # longest wait between claims while other workers hold the ranges
+    max_consecutive_failures: int = 5  # ranges failed in a row with no success: the node is broken, stop
 
 
 @dataclass

@@ -9,18 +9,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-from event_service.api.client import DispatchError
+from event_service.api.errors import DispatchError
 from event_service.checksums import upload_checksums
 from event_service.messages import UploadGrant, UploadRequest
 from event_service.stores import ObjectStoreError, StoredObject, StoreUnavailableError
+from payload_runner.errors import UploadNotGrantedError
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TIMEOUT_S = (10.0, 300.0)  # connect, then the longest silence while sending or awaiting the answer
-
-
-class UploadNotGrantedError(PermissionError):
-    """The dispatch API refused to sign an upload (the range is no longer held, say): not the store's fault."""
 
 
 class Granter(Protocol):

@@ -20,32 +20,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from payload_runner.errors import ProtocolError
+
 RANGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,255}$")
 ERROR_CODE_PATTERN = re.compile(r"^ERR_[A-Z][A-Z0-9_]{0,59}$")
 _NUMBER = re.compile(r"^[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?$")
 _ERROR_REPORT = re.compile(r"(ERR_[^ ]*) ([^ :]*): ?(.*)", re.DOTALL)
 _RANGE_KEYS = ("eventRangeID", "LFN", "GUID", "startEvent", "lastEvent", "PFN", "scope")
 _REQUIRED_RANGE_KEYS = ("eventRangeID", "LFN", "GUID", "startEvent", "lastEvent")
-_SHOWN = 200
-
-
-class ProtocolError(ValueError):
-    """A payload-protocol message is malformed; the text quotes the message (shortened when huge)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(reason, message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {quote_message(self.message)}"
-
-
-def quote_message(message: str) -> str:
-    """``repr`` of a message, cut to its first 200 characters with the full length said when longer."""
-    if len(message) <= _SHOWN:
-        return repr(message)
-    return f"{message[:_SHOWN]!r}… ({len(message)} characters)"
 
 
 def check_range_id(range_id: object, message: str = "") -> str:

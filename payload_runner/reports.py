@@ -11,6 +11,7 @@ from pathlib import Path
 
 from event_service.messages import ClaimedRange, OutputRef, RangeUpdate, UpdateResult
 from event_service.statuses import IN_FLIGHT
+from payload_runner.health import NodeHealth
 from payload_runner.manifest import Manifest
 from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.source import RangeSource
@@ -28,8 +29,9 @@ class ReportControl:
     local file is removed. The heartbeats that keep the leases go out from a thread of their own."""
 
     def __init__(self, source: RangeSource, options: RunnerOptions, summary: RunSummary,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, health: NodeHealth) -> None:
         self.source = source
+        self.health = health  # told of every range that ends here: a node failing them all stops
         self.options = options
         self.summary = summary
         self.stop = stop  # set when the task says stop (a drain)
@@ -66,12 +68,14 @@ class ReportControl:
 
     def fail(self, range_id: str, attempt: int, code: str, error: str) -> None:
         log.warning("range %s failed (%s): %s", range_id, code, error)
+        self.health.failed(code, error)
         self.updates.append(RangeUpdate(range_id=range_id, status="failed", error_code=code[:64],
                                         error=error[:4096], attempt=attempt))
 
     def finished(self, job: StageOutJob, output: OutputRef) -> None:
         """A stored output: its range is reported finished, its local file removed once that is reported."""
         self.staged[(job.range_id, job.attempt)] = job.path
+        self.health.succeeded()
         self.updates.append(RangeUpdate(range_id=job.range_id, status="finished", output=output,
                                         cpu_s=job.cpu_s, wall_s=job.wall_s, attempt=job.attempt))
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 from event_service.statuses import WITH_OUTPUT
-from payload_runner.channel import ChannelFrameError, RunnerChannel, channel_address
+from payload_runner.channel import RunnerChannel, channel_address
 from payload_runner.claims import ClaimControl
+from payload_runner.errors import ChannelFrameError, ProtocolError
+from payload_runner.health import NodeHealth
 from payload_runner.manifest import Manifest, PendingOutput
 from payload_runner.options import RunnerOptions, RunSummary
 from payload_runner.processes import PayloadPool, PayloadProcess, clear_payload_folders
@@ -22,7 +24,6 @@ from payload_runner.protocol import (
     EventRangeMessage,
     NoMoreEvents,
     OutputReport,
-    ProtocolError,
     ReadyForEvents,
     parse_payload_message,
 )
@@ -61,7 +62,8 @@ class Runner:
         self.deferred: list[tuple[StageOutJob, str]] = []  # outputs whose upload waits for the store to answer
         self.upload_rounds: dict[tuple[str, int], int] = {}
         self.stop = threading.Event()  # a drain was asked for (signal, cancel, idle, failure)
-        self.reports = ReportControl(source, self.options, self.summary, self.stop)
+        self.health = NodeHealth(self.options.max_consecutive_failures)
+        self.reports = ReportControl(source, self.options, self.summary, self.stop, self.health)
         self.claims = ClaimControl(source, self.options, self.summary, self.reports, self.stop, self._holding)
         self.drain_deadline: float | None = None
         self.next_probe = 0.0
@@ -134,8 +136,18 @@ class Runner:
             received = self._receive(0.0)
         self._watch_processes(time.monotonic())
         self._collect(self.stageout.results())
+        self._check_health()
         self.reports.flush(self.claims.report_batch)
         return not self._finished()
+
+    def _check_health(self) -> None:
+        """A broken node stops taking work: its queue goes back, the runner exits with code 5 naming the cause."""
+        if self.health.broken is None or self.summary.reason == "node_failed":
+            return
+        log.error("this node cannot process ranges: %s; giving back its queue and stopping", self.health.broken)
+        self.summary.reason = "node_failed"
+        self.summary.notes.append(self.health.broken)
+        self.stop.set()
 
     def _receive(self, timeout_s: float) -> tuple[bytes, str] | None:
         try:
@@ -174,14 +186,15 @@ class Runner:
                 self._hand_out(process)
 
     def _hand_out(self, process: PayloadProcess) -> None:
-        r = self.claims.take()
+        self._check_health()
+        r = self.claims.take() if not self.stop.is_set() else None  # a drain is coming: nothing new starts
         if r is not None:
             message = EventRangeMessage.from_claimed(r.range_id, r.lfn, r.guid, r.first_event, r.last_event,
                                                      pfn=r.url)
             process.in_flight = r
             process.range_started = time.monotonic()
             self._send(process, message.dump())
-        elif self.claims.claiming or (self.stageout.is_down and self.claims.resumable):
+        elif self.stop.is_set() or self.claims.claiming or (self.stageout.is_down and self.claims.resumable):
             # Answered when the next claim brings ranges (after an object-store outage, too).
             self.waiting.append(process.peer)
         else:
@@ -257,7 +270,13 @@ class Runner:
         self.summary.payload_cpu_s += float(message.cpu_s)
         self.summary.payload_wall_s += float(message.wall_s)
         pending = PendingOutput(r.range_id, r.attempt, str(path), float(message.cpu_s), float(message.wall_s))
-        self.manifest.output(pending)
+        try:
+            self.manifest.output(pending)
+        except OSError as exc:
+            if not self.health.os_error(exc, f"recording the output of {r.range_id}"):
+                raise
+            self.reports.fail(r.range_id, r.attempt, "ERR_NODE_DISK", self.health.broken or str(exc))
+            return
         self.stageout.submit(StageOutJob(r.range_id, r.attempt, path, pending.cpu_s, pending.wall_s))
 
     # -- payload processes and drains -----------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from event_service.api.client import DispatchClient, DispatchError
+from event_service.api.client import DispatchClient
+from event_service.api.errors import DispatchError
 from event_service.messages import (
     ClaimedRange,
     RangeInfo,
@@ -28,6 +29,7 @@ from event_service.spec import (
     describe_validation_error,
 )
 from event_service.statuses import RangeStatus, TaskState
+from payload_runner.errors import JobFileError
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +183,11 @@ class JobFile(BaseModel):
         try:
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except OSError as exc:
-            raise ValueError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+            raise JobFileError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+            raise JobFileError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
         except ValidationError as exc:
-            raise ValueError(f"{path}: {describe_validation_error(exc)}") from None
+            raise JobFileError(f"{path}: {describe_validation_error(exc)}") from None
 
 
 class JobFileSource:

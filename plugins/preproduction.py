@@ -15,8 +15,8 @@ import uproot
 from airflow.sdk import DAG, Asset, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from event_service.errors import TaskNotFoundError
 from event_service.inputs.generate import make_inputs
+from event_service.ledger.errors import TaskNotFoundError
 from event_service.merge.certify import JSON_SUFFIX, PNG_SUFFIX
 from event_service.merge.register import catalog_entries
 from event_service.stores import open_store

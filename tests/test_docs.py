@@ -136,13 +136,71 @@ def packages() -> list[Path]:
     return found
 
 
+def indent(line: str) -> int:
+    """The number of spaces a line starts with."""
+    return len(line) - len(line.lstrip(" "))
+
+
+def entry_scope(lines: list[str], start: int) -> list[str]:
+    """An entry of the map and what belongs to it: its line and the lines after it indented deeper."""
+    scope = [lines[start]]
+    for line in lines[start + 1:]:
+        if line.strip() and indent(line) <= indent(lines[start]):
+            break
+        scope.append(line)
+    return scope
+
+
+def names(text: str, folder: str) -> bool:
+    """Whether the text names a folder as ``folder/`` (not as the tail of a longer name)."""
+    return re.search(rf"(?<![\w.-]){re.escape(folder)}/", text) is not None
+
+
+def misplaced(package: Path, lines: list[str]) -> str | None:
+    """Why the map does not name a package at its place, or None when it does.
+
+    Its root must be an entry of the map's top level; each folder below it is named inside its parent's part of
+    the map: as an entry of its own (``  api/  …``, whose deeper-indented lines then become the place to look),
+    or in the parent's description (``… monitor/ (the page and its JSON) …``)."""
+    root, *below = package.relative_to(ROOT).parts
+    top = min((indent(line) for line in lines if line.strip()), default=0)
+    start = next((i for i, line in enumerate(lines)
+                  if line.strip() and indent(line) == top and line.split()[0] == f"{root}/"), None)
+    if start is None:
+        return f"{root}/ is not an entry at the top of the map"
+    scope, place = entry_scope(lines, start), f"{root}/"
+    for folder in below:
+        entry = next((i for i, line in enumerate(scope) if i > 0 and line.split()[:1] == [f"{folder}/"]), None)
+        if entry is not None:
+            scope = entry_scope(scope, entry)
+        elif not names("\n".join(scope), folder):
+            return f"{folder}/ is not named in the part of the map for {place}"
+        place = f"{place}{folder}/"
+    return None
+
+
 def test_layout_map_names_every_package() -> None:
-    text = layout_map()
+    lines = layout_map().splitlines()
     found = packages()
     assert {p.relative_to(ROOT).parts[0] for p in found} == set(PACKAGE_ROOTS)
-    missing = [shown(p) for p in found
-               if not re.search(rf"(?<![\w.-]){re.escape(p.name)}/", text)]
-    assert missing == [], f"README.md's layout map does not name these packages (as name/): {missing}"
+    wrong = [f"{shown(p)}: {why}" for p in found if (why := misplaced(p, lines)) is not None]
+    assert wrong == [], "README.md's layout map does not name these packages at their place:\n" + "\n".join(wrong)
+
+
+def test_layout_check_wants_each_package_at_its_place() -> None:
+    sample = ["event_service/   the core",
+              "  api/           the app: routes/,",
+              "                 the client; monitor/ (the page)",
+              "  merge/         the merge; panda/",
+              "payload_runner/  the worker; payloads/"]
+    assert misplaced(ROOT / "event_service" / "api" / "routes", sample) is None
+    assert misplaced(ROOT / "event_service" / "api" / "monitor", sample) is None
+    assert misplaced(ROOT / "payload_runner" / "payloads", sample) is None
+    assert misplaced(ROOT / "event_service" / "api" / "panda", sample) == (
+        "panda/ is not named in the part of the map for event_service/api/")
+    assert misplaced(ROOT / "event_service" / "stores", sample) == (
+        "stores/ is not named in the part of the map for event_service/")
+    assert misplaced(ROOT / "plugins", sample) == "plugins/ is not an entry at the top of the map"
 
 
 def test_readme_is_short() -> None:

@@ -1,3 +1,3 @@
-"""The dispatch API: its FastAPI app (``app``), its routers (monitor, PanDA) and the HTTP client (``client``)."""
+"""The dispatch API: its app (``app``), routes (``routes``, monitor, PanDA), error table (``problems``), HTTP client."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import requests
 
+from event_service.api.errors import DispatchError, DispatchUnavailableError
 from event_service.messages import (
     ClaimReply,
     HeartbeatReply,
@@ -27,23 +28,6 @@ from event_service.spec import TaskSpec
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-
-
-class DispatchError(RuntimeError):
-    """The dispatch API refused a request; carries the HTTP status and the server's explanation."""
-
-    def __init__(self, method: str, url: str, status: int, detail: Any, reason: str | None = None) -> None:
-        self.method, self.url, self.status, self.detail, self.reason = method, url, status, detail, reason
-        super().__init__(f"{method} {url} -> HTTP {status}: {detail}")
-
-    @property
-    def token_revoked(self) -> bool:
-        """The task was cancelled, which revoked its token: a worker stops."""
-        return self.status == 403 and self.reason == "token_revoked"
-
-
-class DispatchUnavailableError(DispatchError, ConnectionError):
-    """The server kept answering 5xx (its database down, say): as for a lost connection, retry later."""
 
 
 class _Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +20,7 @@ from event_service.api.auth import Reader
 from event_service.api.responses import ErrorReply
 from event_service.ledger import Ledger
 from event_service.ledger.schema import ranges, tasks, transitions, workers
-from event_service.statuses import OPEN, WITH_OUTPUT, RangeStatus, TaskState
+from event_service.statuses import WITH_OUTPUT, RangeStatus, TaskState, task_state
 
 # The code payload_runner reports for an output it could not store (payload_runner/runner.py).
 STAGEOUT_ERROR = "ERR_STAGEOUT"
@@ -40,6 +41,7 @@ class _Task:
     name: str
     cancelled: bool
     events: int
+    max_fatal_ranges: int = 0
     ranges: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in RangeStatus})
     events_done: int = 0
     live_workers: int = 0
@@ -52,17 +54,31 @@ class _Task:
 
     @property
     def state(self) -> TaskState:
-        if self.cancelled:
-            return TaskState.CANCELLED
-        return TaskState.RUNNING if any(self.ranges[s.value] for s in OPEN) else TaskState.DONE
+        return task_state(self.cancelled, self.ranges, self.max_fatal_ranges)
+
+    def count_transitions(self, to_status: str, with_worker: bool, code: str | None, count: int) -> None:
+        """Add ``count`` transitions to ``to_status`` (by a worker or by the ledger, with error ``code``)."""
+        if to_status == RangeStatus.SENT:
+            self.claims += count
+        if with_worker and to_status in WORKER_STATUSES:
+            self.updates[to_status] += count
+        if to_status == RangeStatus.FAILED:
+            self.failures[code or NO_CODE] += count
+            if code == STAGEOUT_ERROR:
+                self.stageout_failures += count
+        if to_status in (RangeStatus.READY, RangeStatus.FATAL) and not with_worker and code == LEASE_EXPIRED:
+            self.lease_expiries += count
+        if to_status == RangeStatus.CORRUPTED:
+            self.corrupted += count
 
 
 def read_ledger(conn: Connection, now: float) -> list[_Task]:
     """Every task's figures in four grouped queries (no per-task round trips, nothing written)."""
     found: dict[int, _Task] = {}
-    for task_id, name, state, n_events in conn.execute(
-            select(tasks.c.id, tasks.c.name, tasks.c.state, tasks.c.n_events).order_by(tasks.c.name)):
-        found[task_id] = _Task(name, state == TaskState.CANCELLED, int(n_events))
+    for task_id, name, state, n_events, spec in conn.execute(
+            select(tasks.c.id, tasks.c.name, tasks.c.state, tasks.c.n_events, tasks.c.spec).order_by(tasks.c.name)):
+        found[task_id] = _Task(name, state == TaskState.CANCELLED, int(n_events),
+                               max_fatal_ranges=int(json.loads(spec).get("max_fatal_ranges", 0)))
 
     events = ranges.c.last_event - ranges.c.first_event + 1
     for task_id, status, count, n_events in conn.execute(
@@ -85,21 +101,8 @@ def read_ledger(conn: Connection, now: float) -> list[_Task]:
     for task_id, to_status, with_worker, code, count in conn.execute(
             select(transitions.c.task_id, transitions.c.to_status, by_worker, transitions.c.error_code, func.count())
             .group_by(transitions.c.task_id, transitions.c.to_status, by_worker, transitions.c.error_code)):
-        if (task := found.get(task_id)) is None:
-            continue
-        count = int(count)
-        if to_status == RangeStatus.SENT:
-            task.claims += count
-        if with_worker and to_status in WORKER_STATUSES:
-            task.updates[to_status] += count
-        if to_status == RangeStatus.FAILED:
-            task.failures[code or NO_CODE] += count
-            if code == STAGEOUT_ERROR:
-                task.stageout_failures += count
-        if to_status in (RangeStatus.READY, RangeStatus.FATAL) and not with_worker and code == LEASE_EXPIRED:
-            task.lease_expiries += count
-        if to_status == RangeStatus.CORRUPTED:
-            task.corrupted += count
+        if (task := found.get(task_id)) is not None:
+            task.count_transitions(to_status, bool(with_worker), code, int(count))
     return list(found.values())
 
 
@@ -124,7 +127,8 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         found = self.open_ledger().transaction(lambda conn: read_ledger(conn, now))
-        info = GaugeMetricFamily("event_service_task_state", "1 for the task's state (running, done, cancelled)",
+        info = GaugeMetricFamily("event_service_task_state",
+                                 "1 for the task's state (running, done, incomplete, cancelled)",
                                  labels=["task", "state"])
         range_counts = GaugeMetricFamily("event_service_ranges", "Event ranges of the task in each status",
                                          labels=["task", "status"])

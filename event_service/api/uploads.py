@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from event_service.api.errors import NoPresignedUploadsError, UploadRefusedError
 from event_service.ledger import Ledger
 from event_service.messages import UploadGrant, UploadRequest
 from event_service.spec import StoreLocation
@@ -19,14 +20,6 @@ from event_service.stores import (
 # S3 checks a URL's expiry when the upload starts, so a long upload outlives it; a short life bounds what a
 # grant is worth after the lease lapses or the task is cancelled.
 UPLOAD_EXPIRES_S = 120
-
-
-class UploadRefusedError(PermissionError):
-    """The worker may not upload this output now (it does not hold the range, or the task has no such store)."""
-
-
-class NoPresignedUploadsError(ValueError):
-    """The task's store cannot sign uploads (a local directory, XRootD): runners need their own access to it."""
 
 
 class UploadGrants:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from event_service import settings
 from event_service.cli.tasks import add_commands
+from event_service.errors import EventServiceError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args))
-    except (ValueError, KeyError, ConnectionError, OSError) as exc:
+    except (EventServiceError, OSError) as exc:  # the project's errors; files, connections
         print(f"event-service {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -19,8 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from event_service import settings
-from event_service.api.client import AdminClient, DispatchClient, DispatchError
-from event_service.errors import SpecError
+from event_service.api.client import AdminClient, DispatchClient
+from event_service.api.errors import DispatchError
+from event_service.cli.errors import CommandError
+from event_service.errors import EventServiceError
+from event_service.inputs.errors import InputCheckError
 from event_service.messages import TaskStatus
 from event_service.spec import TaskSpec
 from event_service.statuses import RangeStatus, TaskState
@@ -39,15 +42,8 @@ GROUPS: tuple[tuple[str, tuple[RangeStatus, ...], str], ...] = (
     ("fatal", (S.FATAL,), "red"),
     ("cancelled", (S.CANCELLED,), "magenta"),
 )
-STATE_STYLE = {TaskState.RUNNING: "cyan", TaskState.DONE: "green", TaskState.CANCELLED: "magenta"}
-
-
-class CommandError(Exception):
-    """A command cannot go on: one line for stderr and the exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+STATE_STYLE = {TaskState.RUNNING: "cyan", TaskState.DONE: "green", TaskState.INCOMPLETE: "red",
+               TaskState.CANCELLED: "magenta"}
 
 
 # -- figures ---------------------------------------------------------------------------------------------
@@ -175,7 +171,8 @@ def plain_table(rows: Sequence[Sequence[str]]) -> str:
     text_columns = {0, 1, len(COLUMNS) - 1}
     lines = []
     for row in [COLUMNS, *rows]:
-        cells = [cell.ljust(w) if i in text_columns else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [cell.ljust(w) if i in text_columns else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -185,7 +182,7 @@ def rich_table(statuses: Sequence[TaskStatus]) -> Table:
     for i, name in enumerate(COLUMNS):
         table.add_column(name, justify="left" if i in (0, 1, len(COLUMNS) - 1) else "right", no_wrap=True,
                          min_width=None if i == 0 else len(name) if name != "CREATED" else 11)
-    for status, row in zip(statuses, table_rows(statuses)):
+    for status, row in zip(statuses, table_rows(statuses), strict=True):
         created = datetime.fromtimestamp(status.created_at, UTC).strftime("%m-%d %H:%M")
         table.add_row(row[0], Text(row[1], style=STATE_STYLE[status.state]), *row[2:-1], created)
     return table
@@ -266,11 +263,9 @@ def _one_line(command: Command) -> Command:
             message, code = str(exc), exc.exit_code
         except DispatchError as exc:
             message, code = _refused(server.rstrip("/"), exc), 1
-        except SpecError as exc:
-            message, code = str(exc), 1
-        except ConnectionError as exc:
+        except ConnectionError as exc:  # the server does not answer
             message, code = _unreachable(server.rstrip("/"), exc), 1
-        except (ValueError, OSError) as exc:
+        except (EventServiceError, OSError) as exc:  # a bad spec, inputs, a file that cannot be read or written
             message, code = str(exc) or type(exc).__name__, 1
         except KeyboardInterrupt:
             return 130
@@ -313,7 +308,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _watch(client: DispatchClient, interval_s: float) -> int:
-    """Poll the task's status every ``interval_s`` s until it is done or cancelled, or Ctrl-C (exit 0)."""
+    """Poll the task's status every ``interval_s`` s until it is done or cancelled (exit 0), incomplete (exit 1),
+    or Ctrl-C (exit 0)."""
     meter = RateMeter(window_s=max(30.0, 5 * interval_s))
     console = _console()
     try:
@@ -323,7 +319,7 @@ def _watch(client: DispatchClient, interval_s: float) -> int:
                 meter.add(time.monotonic(), status.events_done)
                 print(progress_line(status, meter), flush=True)
                 if status.state != TaskState.RUNNING:
-                    return 0
+                    return 1 if status.state == TaskState.INCOMPLETE else 0
                 time.sleep(interval_s)
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while True:
@@ -332,7 +328,7 @@ def _watch(client: DispatchClient, interval_s: float) -> int:
                 width = max(10, min(80, console.width - 8))
                 live.update(progress_view(status, meter, width), refresh=True)
                 if status.state != TaskState.RUNNING:
-                    return 0
+                    return 1 if status.state == TaskState.INCOMPLETE else 0
                 time.sleep(interval_s)
     except KeyboardInterrupt:
         return 0
@@ -342,7 +338,7 @@ def _watch(client: DispatchClient, interval_s: float) -> int:
 def run_create(args: argparse.Namespace) -> int:
     spec = TaskSpec.from_file(args.spec)
     if args.check_inputs:
-        from event_service.inputs.check import InputCheckError, require_readable_inputs
+        from event_service.inputs.check import require_readable_inputs  # uproot: loaded only when asked
 
         try:
             require_readable_inputs(spec.name, spec.inputs)
@@ -398,8 +394,8 @@ def _interval(text: str) -> float:
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``tasks``, ``status``, ``create`` and ``cancel`` to the ``event-service`` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", metavar="URL",
-                        help=f"the dispatch API, e.g. http://airflow:8080/event-service (default: ${settings.URL.name})")
+    common.add_argument("--server", metavar="URL", help=f"the dispatch API, e.g. http://airflow:8080/event-service "
+                                                        f"(default: ${settings.URL.name})")
     common.add_argument("--token", help=f"the admin token (default: ${settings.ADMIN_TOKEN.name})")
 
     tasks = commands.add_parser("tasks", parents=[common], help="list the tasks with their progress (a table)")
@@ -408,7 +404,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status = commands.add_parser("status", parents=[common], help="one task's ranges per status, events, workers")
     status.add_argument("task")
     status.add_argument("--watch", action="store_true",
-                        help="follow the task live (a progress bar with rate and ETA) until it is done or cancelled")
+                        help="follow the task live (a progress bar with rate and ETA) until it is done, incomplete "
+                             "(exit 1) or cancelled")
     status.add_argument("--interval", type=_interval, default=2.0, metavar="S", help="seconds between polls (2)")
     status.set_defaults(run=run_status)
     status.epilog = "--token also takes the task's own token."

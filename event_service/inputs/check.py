@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from event_service.inputs.errors import InputCheckError
 from event_service.spec import InputFile
 
 log = logging.getLogger(__name__)
@@ -24,20 +25,6 @@ TREE = "events"
 TIMEOUT_S = 30.0
 THREADS = 8
 UNCHECKED_SCHEMES = frozenset({"s3"})
-
-
-class InputCheckError(ValueError):
-    """Inputs of a task cannot be used; ``problems`` maps ``inputs.<n> (<lfn>)`` to the reason."""
-
-    def __init__(self, task: str, problems: dict[str, str], total: int) -> None:
-        super().__init__(task, problems, total)
-        self.task = task
-        self.problems = problems
-        self.total = total
-
-    def __str__(self) -> str:
-        lines = "\n".join(f"  {where}: {why}" for where, why in self.problems.items())
-        return f"task {self.task!r}: {len(self.problems)} of {self.total} inputs cannot be used:\n{lines}"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import uproot
 import yaml
 
+from event_service.inputs.errors import InputGenerationError
 from event_service.spec import InputFile
 
 TREE = "events"
@@ -81,11 +82,11 @@ def generate_events(seed: int, start: int, stop: int) -> Iterator[dict[str, np.n
 def split_events(events: int, files: int) -> list[int]:
     """Events per file, as even as possible: the first ``events % files`` files hold one more."""
     if isinstance(events, bool) or not isinstance(events, int) or events <= 0:
-        raise ValueError(f"the number of events must be a positive integer, got {events!r}")
+        raise InputGenerationError(f"the number of events must be a positive integer, got {events!r}")
     if isinstance(files, bool) or not isinstance(files, int) or files <= 0:
-        raise ValueError(f"the number of files must be a positive integer, got {files!r}")
+        raise InputGenerationError(f"the number of files must be a positive integer, got {files!r}")
     if files > events:
-        raise ValueError(f"cannot spread {events} events over {files} files: every file needs an event")
+        raise InputGenerationError(f"cannot spread {events} events over {files} files: every file needs an event")
     base, extra = divmod(events, files)
     return [base + 1 if number < extra else base for number in range(files)]
 
@@ -118,13 +119,14 @@ def make_inputs(out: str | Path, events: int, files: int, seed: int = DEFAULT_SE
     non-empty ``out`` is refused unless ``force``; then files of the same names are overwritten.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"the seed must be an integer >= 0, got {seed!r}")
+        raise InputGenerationError(f"the seed must be an integer >= 0, got {seed!r}")
     sizes = split_events(events, files)
     folder = Path(out).resolve()
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder")
+        raise InputGenerationError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise ValueError(f"{folder} is not empty; choose an empty or new folder, or pass --force to overwrite")
+        raise InputGenerationError(f"{folder} is not empty; choose an empty or new folder, or pass --force to "
+                                   "overwrite")
     folder.mkdir(parents=True, exist_ok=True)
     inputs = []
     start = 0

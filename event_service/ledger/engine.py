@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
+from event_service.ledger.errors import LedgerURLError
+
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
@@ -25,11 +27,11 @@ def create_ledger_engine(url: str, *, pool_size: int = POOL_SIZE, max_overflow: 
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{url!r} is not a database URL (postgresql://… or sqlite:///path)") from None
+        raise LedgerURLError(f"{url!r} is not a database URL (postgresql://… or sqlite:///path)") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         if parsed.drivername not in ("postgresql", "postgresql+psycopg2"):
-            raise ValueError(f"{url!r}: the ledger talks to PostgreSQL through psycopg2 (postgresql://…)")
+            raise LedgerURLError(f"{url!r}: the ledger talks to PostgreSQL through psycopg2 (postgresql://…)")
         return create_engine(
             parsed.set(drivername="postgresql+psycopg2"),
             # Batch UPDATE executemany into pages: one round trip per 100 rows, not one per row.
@@ -42,7 +44,7 @@ def create_ledger_engine(url: str, *, pool_size: int = POOL_SIZE, max_overflow: 
         )
     if backend == "sqlite":
         return _sqlite_engine(parsed)
-    raise ValueError(f"{url!r}: the ledger supports postgresql:// and sqlite:/// databases, not {backend!r}")
+    raise LedgerURLError(f"{url!r}: the ledger supports postgresql:// and sqlite:/// databases, not {backend!r}")
 
 
 def _sqlite_engine(parsed: Any) -> Engine:
@@ -51,7 +53,7 @@ def _sqlite_engine(parsed: Any) -> Engine:
     if not memory:
         parent = Path(database).expanduser().resolve().parent
         if not parent.is_dir():
-            raise ValueError(f"the SQLite ledger's folder {parent} does not exist")
+            raise LedgerURLError(f"the SQLite ledger's folder {parent} does not exist")
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
     if memory:
         kwargs["poolclass"] = StaticPool

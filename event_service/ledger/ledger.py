@@ -24,19 +24,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from event_service.errors import (
+from event_service.ledger.engine import (
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    create_ledger_engine,
+    is_retryable,
+)
+from event_service.ledger.errors import (
     LedgerSchemaError,
     LedgerUnavailableError,
     RangeNotFoundError,
     TaskExistsError,
     TaskNotFoundError,
     TokenRejectedError,
-)
-from event_service.ledger.engine import (
-    MAX_OVERFLOW,
-    POOL_SIZE,
-    create_ledger_engine,
-    is_retryable,
+    _Conflict,
 )
 from event_service.ledger.outputs import LedgerResults, row_of
 from event_service.ledger.records import TaskRecord, hash_token
@@ -80,7 +81,7 @@ from event_service.messages import (
     UpdateResult,
 )
 from event_service.spec import TaskSpec
-from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState
+from event_service.statuses import IN_FLIGHT, OPEN, WITH_OUTPUT, RangeStatus, TaskState, task_state
 from event_service.urls import same_store
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ EXPIRY_INTERVAL_S = 1.0  # how often one process looks for lapsed leases of a ta
 FULL_SCAN_INTERVAL_S = 0.5  # how often a claim also looks behind its remembered dispatch position
 WORKER_SEEN_INTERVAL_S = 5.0  # how often a claim refreshes its worker's last-seen time
 CREATE_CHUNK = 5000
-class _Conflict(Exception):
-    """A row changed between reading it and writing it; the transaction is run again."""
 
 
 class Ledger(LedgerResults):
@@ -228,7 +227,7 @@ class Ledger(LedgerResults):
             if batch:
                 conn.execute(insert(ranges), batch)
             return TaskRecord(task_id, spec.name, hash_token(token), spec.max_attempts, spec.lease_seconds,
-                              n_ranges, spec.total_events, now)
+                              n_ranges, spec.total_events, now, spec.max_fatal_ranges)
 
         record = self._transaction(work)
         if self.dialect == "postgresql":
@@ -249,7 +248,7 @@ class Ledger(LedgerResults):
         if row is None:
             raise TaskNotFoundError(name)
         record = TaskRecord(row.id, row.name, row.token_hash, row.max_attempts, row.lease_seconds, row.n_ranges,
-                            row.n_events, row.created_at)
+                            row.n_events, row.created_at, int(json.loads(row.spec).get("max_fatal_ranges", 0)))
         with self._lock:
             self._records[name] = record
         return record
@@ -305,15 +304,10 @@ class Ledger(LedgerResults):
             live = conn.execute(select(func.count()).select_from(workers).where(
                 workers.c.task_id == record.id,
                 workers.c.last_heartbeat >= now - record.lease_seconds)).scalar_one()
-            if state == TaskState.CANCELLED:
-                task_state = TaskState.CANCELLED
-            elif any(counts[s] for s in OPEN):
-                task_state = TaskState.RUNNING
-            else:
-                task_state = TaskState.DONE
-            return TaskStatus(task=name, state=task_state, ranges=record.n_ranges, counts=counts,
-                              events_total=record.n_events, events_done=done, live_workers=live,
-                              created_at=record.created_at)
+            cancelled = state == TaskState.CANCELLED
+            return TaskStatus(task=name, state=task_state(cancelled, counts, record.max_fatal_ranges),
+                              ranges=record.n_ranges, counts=counts, events_total=record.n_events, events_done=done,
+                              live_workers=live, created_at=record.created_at)
 
         return self._transaction(work)
 
@@ -416,7 +410,11 @@ class Ledger(LedgerResults):
             return TaskState.CANCELLED
         still_open = conn.execute(select(ranges.c.id).where(
             ranges.c.task_id == record.id, ranges.c.status.in_([s.value for s in OPEN])).limit(1)).first()
-        return TaskState.RUNNING if still_open else TaskState.DONE
+        if still_open:
+            return TaskState.RUNNING
+        fatal = conn.execute(select(func.count()).select_from(ranges).where(
+            ranges.c.task_id == record.id, ranges.c.status == S.FATAL.value)).scalar_one()
+        return TaskState.INCOMPLETE if fatal > record.max_fatal_ranges else TaskState.DONE
 
     # -- leases ---------------------------------------------------------------------------------------
 

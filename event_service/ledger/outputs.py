@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, and_, select
 
-from event_service.errors import RangeNotFoundError
+from event_service.ledger.errors import RangeNotFoundError
 from event_service.ledger.records import RangeOutput, TaskRecord
 from event_service.ledger.rules import Decision, RangeRow, Step, fail_or_requeue
 from event_service.ledger.schema import ranges, transitions

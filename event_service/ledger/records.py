@@ -42,6 +42,7 @@ class TaskRecord:
     n_ranges: int
     n_events: int
     created_at: float
+    max_fatal_ranges: int = 0  # fatal ranges tolerated: beyond them a task whose ranges are final is incomplete
 
 
 def hash_token(token: str) -> str:

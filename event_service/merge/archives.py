@@ -17,12 +17,10 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Self
 
+from event_service.merge.errors import ArchiveError
+
 COPY_CHUNK = 1 << 20
 MAX_MEMBER_BYTES = 16 * 1024**3  # no range output is near this; a bomb stops here
-
-
-class ArchiveError(ValueError):
-    """An archive output cannot be read or does not hold what the ledger says; the text names both."""
 
 
 def find_member(names: Iterable[str], wanted: str) -> str:

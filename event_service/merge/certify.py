@@ -27,6 +27,7 @@ import uproot
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
+from event_service.merge.errors import ReferenceSetError
 from event_service.spec import DEFAULT_MIN_P_VALUE, MergeSpec
 from event_service.stores import ObjectStore, ObjectStoreError, open_location
 from event_service.urls import STORE_SCHEMES, parse_storage_url
@@ -85,10 +86,6 @@ class Validation(_Frozen):
 
     def histogram(self, name: str) -> Histogram | None:
         return next((h for h in self.histograms if h.name == name), None)
-
-
-class ReferenceSetError(ValueError):
-    """The task's reference set cannot be read or is not a validation set; names the URL and why."""
 
 
 # ------------------------------------------------------------------------------------------------ filling

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from event_service.merge.errors import MergeCommandError
 from event_service.merge.plan import MergePart
 from event_service.merge.stage import (
     Staged,
@@ -39,26 +40,6 @@ from event_service.stores import ObjectStore
 
 STDERR_TAIL_BYTES = 4096
 CANCEL_POLL_S = 0.05
-
-
-class MergeCommandError(RuntimeError):
-    """The merge command failed: it could not start, exited non-zero, timed out or wrote no output."""
-
-    def __init__(self, command: str, part: str, reason: str, exit_code: int | None = None,
-                 stderr_tail: str = "", cancelled: bool = False) -> None:
-        super().__init__(command, part, reason, exit_code, stderr_tail)
-        self.cancelled = cancelled
-        self.command = command
-        self.part = part
-        self.reason = reason
-        self.exit_code = exit_code
-        self.stderr_tail = stderr_tail
-
-    def __str__(self) -> str:
-        text = f"merge command {self.command!r} for {self.part}: {self.reason}"
-        if self.stderr_tail:
-            text += f"; end of its stderr:\n{self.stderr_tail}"
-        return text
 
 
 def _tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:

@@ -77,7 +77,7 @@ def check_completion(ledger: Ledger, task: str, stores: Mapping[str | None, Obje
     if fatal > spec.max_fatal_ranges:
         shown = "; ".join(f"{r.range_id} ({r.error_code}: {r.error})" for r in
                           ledger.ranges_with_status(task, S.FATAL, limit=5))
-        return Completion("failed", f"task {task!r}: {fatal} ranges are fatal and the task tolerates "
+        return Completion("failed", f"task {task!r} is incomplete: {fatal} ranges are fatal and the task tolerates "
                                     f"{spec.max_fatal_ranges} (max_fatal_ranges): {shown}",
                           open_ranges, status.live_workers, counts)
     if open_ranges:

@@ -21,14 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from event_service import settings
+from event_service.merge.errors import HaddNotFoundError
 
 EXIT_USAGE = 2
 EXIT_HADD_FAILED = 3
 HADD_ENV = settings.HADD.name
-
-
-class HaddNotFoundError(FileNotFoundError):
-    """No ``hadd`` program was found where it is looked up."""
 
 
 def find_hadd(explicit: str | None = None) -> Path:

@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,19 @@ from uproot.compression import Compression
 
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger, RangeOutput
-from event_service.merge.command import MergeCommandError, stage_and_run
+from event_service.merge.command import stage_and_run
+from event_service.merge.errors import (
+    CorruptedOutputsError,
+    MergeValidationError,
+    MissingStoreError,
+    UnreadableOutputError,
+    UnsupportedTreeError,
+)
 from event_service.merge.plan import MergePart, part_file_name, plan_merge
 from event_service.merge.read import (
     Fingerprint,
     RangeData,
     TreeLayout,
-    UnreadableOutputError,
-    UnsupportedTreeError,
     event_numbers_of,
     read_back,
     read_range,
@@ -66,13 +71,8 @@ from event_service.stores import ObjectStore
 from event_service.stores.base import fsync_dir
 
 __all__ = [
-    "CorruptedOutputsError",
-    "MergeCommandError",
     "MergePart",
-    "MergeValidationError",
     "MergedFile",
-    "MissingStoreError",
-    "UnsupportedTreeError",
     "merge_part",
     "part_file_name",
     "plan_merge",
@@ -80,52 +80,6 @@ __all__ = [
 ]
 
 SHOWN_EVENTS = 5
-
-
-class CorruptedOutputsError(ValueError):
-    """Range outputs of a part failed verification; ``reasons`` maps each range id to why, in event order."""
-
-    def __init__(self, task: str, file_name: str, reasons: Mapping[str, str]) -> None:
-        super().__init__(task, file_name, dict(reasons))
-        self.task = task
-        self.file_name = file_name
-        self.reasons = dict(reasons)
-
-    @property
-    def range_ids(self) -> list[str]:
-        return list(self.reasons)
-
-    def __str__(self) -> str:
-        lines = "\n".join(f"  {range_id}: {reason}" for range_id, reason in self.reasons.items())
-        return (f"task {self.task!r}, merged file {self.file_name}: {len(self.reasons)} range output(s) "
-                f"corrupted; mark them corrupted for re-processing:\n{lines}")
-
-
-class MergeValidationError(ValueError):
-    """The merged file, read back, does not hold exactly the inputs' events (or not in their order)."""
-
-    def __init__(self, task: str, file_name: str, reason: str) -> None:
-        super().__init__(task, file_name, reason)
-        self.task = task
-        self.file_name = file_name
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"task {self.task!r}, merged file {self.file_name}: validation failed: {self.reason}"
-
-
-class MissingStoreError(KeyError):
-    """Range outputs live in stores the merge was not given."""
-
-    def __init__(self, task: str, missing: Mapping[str | None, list[str]]) -> None:
-        super().__init__(task, dict(missing))
-        self.task = task
-        self.missing = dict(missing)
-
-    def __str__(self) -> str:
-        named = "; ".join(f"{url or 'the task object store (key None)'} holds {', '.join(ids[:3])}"
-                          f"{' …' if len(ids) > 3 else ''}" for url, ids in self.missing.items())
-        return f"task {self.task!r}: no store given for {named}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +184,57 @@ def _clear_stale_scratch(workdir: Path, file_name: str) -> None:
         shutil.rmtree(stale)
 
 
+@dataclass
+class _InputScan:
+    """What reading a part's inputs has found so far: the first good layout (and its range), the writer."""
+
+    layouts: dict[Fingerprint, TreeLayout] = field(default_factory=dict)
+    layout: TreeLayout | None = None
+    reference: str = ""
+    writer: MergedTreeWriter | None = None
+
+
+def _check_input(output: RangeOutput, item: Staged, scan: _InputScan, full: bool
+                 ) -> tuple[np.ndarray[Any, Any] | None, RangeData | None, str | None]:
+    """One staged input read (``full``: all its branches) and checked: its event numbers (None when it holds
+    none to check), its data, and why it is corrupted (None when it is not)."""
+    data: RangeData | None = None
+    try:
+        if full:
+            data = read_range(item.path, scan.layouts)
+            values = data.event_numbers
+        else:
+            values = event_numbers_of(item.path)
+    except UnreadableOutputError as exc:
+        return None, None, f"unreadable: {exc.reason}"
+    except UnsupportedTreeError as exc:
+        if scan.layout is None:
+            raise
+        return None, None, f"branches differ from those of range {scan.reference}: {exc}"
+    if item.in_store and not item.unchanged():
+        return None, None, f"output changed in the store while it was merged: {item.path}"
+    if values is None:
+        return None, None, None  # a custom merge's input that is not a ROOT file with events/event_number
+    problem = _range_problem(output, values)
+    if problem is None and data is not None:
+        if scan.layout is None:
+            scan.layout, scan.reference = data.layout, output.range_id
+        elif data.layout != scan.layout:
+            problem = (f"branches ({data.layout.describe()}) differ from those of range {scan.reference} "
+                       f"({scan.layout.describe()})")
+    return values, data, problem
+
+
+def _write_input(scan: _InputScan, data: RangeData, writer_at: Path, compression: Compression | None | str,
+                 uuid_seed: str, chunk_bytes: int) -> None:
+    """Add one checked input to the default merge's output, opening it with the first."""
+    if scan.writer is None:
+        assert scan.layout is not None
+        scan.writer = MergedTreeWriter(writer_at, scan.layout, data.compression if compression == KEEP_COMPRESSION
+                                       else compression, uuid_seed, chunk_bytes)
+    scan.writer.add(data.arrays)
+
+
 def _check_inputs(part: MergePart, staged: Sequence[Staged | None], reasons: dict[str, str],
                   writer_at: Path | None = None, compression: Compression | None | str = KEEP_COMPRESSION,
                   uuid_seed: str = "", chunk_bytes: int = CHUNK_BYTES
@@ -237,57 +242,25 @@ def _check_inputs(part: MergePart, staged: Sequence[Staged | None], reasons: dic
     """Read every staged input once, checking its events; with ``writer_at`` also write the default merge
     while no input has failed. Returns the event numbers per range (None where unknown)."""
     numbers: list[np.ndarray[Any, Any] | None] = [None] * len(part.outputs)
-    layout: TreeLayout | None = None
-    reference = ""
-    writer: MergedTreeWriter | None = None
-    layouts: dict[Fingerprint, TreeLayout] = {}
+    scan = _InputScan()
     try:
         for position, (output, item) in enumerate(zip(part.outputs, staged, strict=True)):
             if item is None:
                 continue
-            path = item.path
-            data: RangeData | None = None
-            try:
-                if writer_at is not None:
-                    data = read_range(path, layouts)
-                    values = data.event_numbers
-                else:
-                    values = event_numbers_of(path)
-            except UnreadableOutputError as exc:
-                reasons[output.range_id] = f"unreadable: {exc.reason}"
-                continue
-            except UnsupportedTreeError as exc:
-                if layout is None:
-                    raise
-                reasons[output.range_id] = f"branches differ from those of range {reference}: {exc}"
-                continue
-            if item.in_store and not item.unchanged():
-                reasons[output.range_id] = f"output changed in the store while it was merged: {path}"
-                continue
-            if values is None:
-                continue  # a custom merge's input that is not a ROOT file with events/event_number
-            problem = _range_problem(output, values)
-            if problem is None and data is not None:
-                if layout is None:
-                    layout, reference = data.layout, output.range_id
-                elif data.layout != layout:
-                    problem = (f"branches ({data.layout.describe()}) differ from those of range {reference} "
-                               f"({layout.describe()})")
+            values, data, problem = _check_input(output, item, scan, writer_at is not None)
             if problem is not None:
                 reasons[output.range_id] = problem
                 continue
+            if values is None:
+                continue
             numbers[position] = values
             if data is not None and not reasons and writer_at is not None:
-                if writer is None:
-                    assert layout is not None
-                    writer = MergedTreeWriter(writer_at, layout, data.compression if compression == KEEP_COMPRESSION
-                                              else compression, uuid_seed, chunk_bytes)
-                writer.add(data.arrays)
+                _write_input(scan, data, writer_at, compression, uuid_seed, chunk_bytes)
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        if scan.writer is not None:
+            scan.writer.abort()
         raise
-    return numbers, layout, writer
+    return numbers, scan.layout, scan.writer
 
 
 def _read_back(part: MergePart, path: Path, layout: TreeLayout | None) -> np.ndarray[Any, Any] | None:

@@ -49,7 +49,7 @@ def _event_order(item: RangeOutput | RangePlan) -> tuple[int, int]:
 
 
 def _check_disjoint(task: str, items: Sequence[RangeOutput | RangePlan], what: str) -> None:
-    for before, after in zip(items, items[1:]):
+    for before, after in zip(items, items[1:], strict=False):  # neighbours
         if before.range_id == after.range_id:
             raise ValueError(f"task {task!r}: range {before.range_id!r} appears twice in the {what}")
         if before.file_number == after.file_number and after.first_event <= before.last_event:

@@ -21,28 +21,14 @@ import uproot.source.file
 from uproot.interpretation.jagged import AsJagged
 from uproot.interpretation.numerical import AsDtype
 
+from event_service.merge.errors import UnreadableOutputError, UnsupportedTreeError
+
 TREE = "events"
 EVENT_NUMBER = "event_number"
 ROOT_MAGIC = b"root"
 # What uproot raises for a file, an object or a basket it cannot read.
 READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, struct.error, zlib.error,
                uproot.deserialization.DeserializationError)
-
-
-class UnreadableOutputError(ValueError):
-    """A range output is not a ROOT file with a readable TTree ``events`` of the expected shape."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-class UnsupportedTreeError(TypeError):
-    """A branch of the range outputs is of a kind the default merge cannot write; use ``merge.command``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,15 @@ from sqlalchemy.exc import IntegrityError
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
 from event_service.ledger.schema import catalog, ranges, tasks
-from event_service.merge.part import MergedFile, MissingStoreError
+from event_service.merge.errors import (
+    CatalogConflictError,
+    IncompletePartError,
+    MergedStateError,
+    MissingStoreError,
+    StorageWriteError,
+    StoredFileExistsError,
+)
+from event_service.merge.part import MergedFile
 from event_service.statuses import RangeStatus
 from event_service.stores import ChecksumMismatchError, ObjectStore
 
@@ -56,38 +64,6 @@ class CatalogEntry:
                 "first_range": self.first_range, "last_range": self.last_range,
                 "registered_at": self.registered_at, "certification": self.certification,
                 "validation": self.validation}
-
-
-class StoredFileExistsError(FileExistsError):
-    """Normal storage already holds a different file under the merged file's name; it is not overwritten."""
-
-    def __init__(self, location: str, expected: tuple[str, int], found: tuple[str, int]) -> None:
-        super().__init__(location, expected, found)
-        self.location = location
-        self.expected = expected
-        self.found = found
-
-    def __str__(self) -> str:
-        return (f"{self.location} already exists with adler32 {self.found[0]} and {self.found[1]} bytes; the "
-                f"merged file has adler32 {self.expected[0]} and {self.expected[1]} bytes; not overwritten")
-
-
-class StorageWriteError(OSError):
-    """The merged file could not be written to normal storage, even after retries."""
-
-
-class CatalogConflictError(ValueError):
-    """The catalog already holds a different row for the same (dataset, file name), or a file of the task
-    that covers some of the same ranges."""
-
-
-class MergedStateError(RuntimeError):
-    """After registration some of the file's ranges are not ``merged`` in the ledger (they changed meanwhile)."""
-
-
-class IncompletePartError(ValueError):
-    """The merged file lacks ranges of its part that may still get an output: registering it now would leave
-    their events out of the data record for good."""
 
 
 def location_of(storage: ObjectStore, file_name: str) -> str:

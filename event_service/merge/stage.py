@@ -18,7 +18,8 @@ from pathlib import Path
 
 from event_service.checksums import adler32_file
 from event_service.ledger import RangeOutput
-from event_service.merge.archives import ArchiveError, ArchiveReader, find_member
+from event_service.merge.archives import ArchiveReader, find_member
+from event_service.merge.errors import ArchiveError
 from event_service.stores import (
     ChecksumMismatchError,
     InvalidKeyError,

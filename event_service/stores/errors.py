@@ -1,11 +1,13 @@
-"""Errors raised by the object stores, each subclassing the builtin that fits and naming store and key."""
+"""Errors raised by the object stores, each an EventServiceError and the builtin that fits, naming store and key."""
 
 from __future__ import annotations
+
+from event_service.errors import EventServiceError
 
 XROOTD_INSTALL_HINT = "pip install 'airflow-event-service[xrootd]'"
 
 
-class InvalidKeyError(ValueError):
+class InvalidKeyError(EventServiceError, ValueError):
     """An object key (or listing prefix) is malformed or would escape the store's prefix."""
 
     def __init__(self, key: object, reason: str) -> None:
@@ -17,7 +19,7 @@ class InvalidKeyError(ValueError):
         return f"invalid object key {self.key!r}: {self.reason}"
 
 
-class ObjectStoreError(OSError):
+class ObjectStoreError(EventServiceError, OSError):
     """An object-store operation failed; ``store`` is the store's URL, ``key`` the object's key (if any)."""
 
     def __init__(self, store: str, key: str | None, message: str) -> None:
@@ -55,5 +57,5 @@ class ChecksumMismatchError(ObjectStoreError):
         self.stage = stage
 
 
-class BackendNotInstalledError(ImportError):
+class BackendNotInstalledError(EventServiceError, ImportError):
     """The Python package a store backend needs is not installed."""

@@ -4,9 +4,9 @@ It speaks the same payload protocol as ``toysim`` but reads no input and simulat
 writes ``EVENTS.<range id>.txt`` holding the range's events, one ``<input LFN> <event number>`` per line, and
 reports it. What is left is the cost the event service itself puts on a range (hand-over, stage-out with its
 checksum, the ledger), which is what the makespan benchmark compares with one Airflow task per range.
-``nullsim merge --inputs LIST --output PATH`` is its merge program (the ``merge.command`` contract): it checks that every input holds only
-such lines, its events consecutive and ascending, and that each input continues the events of the one before it
-(or starts the next input file), then concatenates them.
+``nullsim merge --inputs LIST --output PATH`` is its merge program (the ``merge.command`` contract): it checks
+that every input holds only such lines, its events consecutive and ascending, and that each input continues the
+events of the one before it (or starts the next input file), then concatenates them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from payload_runner.channel import ChannelError, PayloadChannel
+from payload_runner.channel import PayloadChannel
+from payload_runner.errors import ChannelError, NullsimInputError, ProtocolError
 from payload_runner.protocol import (
     EventRangeMessage,
     NoMoreEvents,
     OutputReport,
-    ProtocolError,
     ReadyForEvents,
     parse_runner_message,
 )
@@ -32,10 +32,6 @@ EXIT_SETUP = 2
 EXIT_RUNNER_SILENT = 4
 EXIT_RUNNER_PROTOCOL = 5
 EXIT_BAD_INPUT = 6
-
-
-class NullsimInputError(ValueError):
-    """A merge input is not a nullsim output, or does not continue the events of the one before it."""
 
 
 def output_text(event_range: EventRangeMessage) -> str:

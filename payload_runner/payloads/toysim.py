@@ -21,13 +21,13 @@ import numpy as np
 import uproot
 import uproot.source.http
 
-from payload_runner.channel import ChannelError, PayloadChannel
+from payload_runner.channel import PayloadChannel
+from payload_runner.errors import ChannelError, InputUnreadableError, ProtocolError, RangeFailure
 from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
     NoMoreEvents,
     OutputReport,
-    ProtocolError,
     ReadyForEvents,
     parse_runner_message,
 )
@@ -56,19 +56,6 @@ OUTPUT_TYPES: dict[str, np.dtype[Any] | ak.types.ListType] = {
     "hit_y": ak.types.ListType(ak.types.NumpyType("float32")),
     "hit_z": ak.types.ListType(ak.types.NumpyType("float32")),
 }
-
-
-class InputUnreadableError(OSError):
-    """The input file named by a range cannot be opened as a generator file; toysim stops."""
-
-
-class RangeFailure(Exception):
-    """One range could not be processed; reported to the runner as ``code`` and toysim goes on."""
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from event_service import settings
 from event_service.merge.certify import certify_merged
-from event_service.merge.part import CorruptedOutputsError, merge_part, report_corrupted
+from event_service.merge.errors import CorruptedOutputsError
+from event_service.merge.part import merge_part, report_corrupted
 from event_service.merge.plan import plan_task_merge
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook
 

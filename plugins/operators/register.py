@@ -7,8 +7,10 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from event_service.errors import SpecError, TaskNotFoundError
-from event_service.inputs.check import InputCheckError, require_readable_inputs
+from event_service.errors import SpecError
+from event_service.inputs.check import require_readable_inputs
+from event_service.inputs.errors import InputCheckError
+from event_service.ledger.errors import TaskNotFoundError
 from event_service.spec import TaskSpec
 from event_service.statuses import TaskState
 from event_service_airflow.hooks import LedgerHook, ObjectStoreHook

@@ -16,10 +16,11 @@ import pytest
 import uproot
 
 from event_service.api.client import AdminClient
-from event_service.merge.completion import check_completion
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
-from event_service.merge.part import CorruptedOutputsError, MergedFile, merge_part, report_corrupted
+from event_service.merge.completion import check_completion
+from event_service.merge.errors import CorruptedOutputsError
+from event_service.merge.part import MergedFile, merge_part, report_corrupted
 from event_service.merge.plan import plan_merge
 from event_service.spec import TaskSpec
 from event_service.stores import ObjectStore, S3Store
@@ -294,7 +295,7 @@ def test_one_task_survives_every_fault(pg_server: str, weed: RestartableSeaweedF
     assert all(redispatched(moves[r], outage_at, set()) for r in lost_to_outage)
 
     # Every corrupted output was re-dispatched and finished on the next attempt.
-    for range_id, output in corrupted.items():
+    for range_id in corrupted:
         steps = [(t["from_status"], t["to_status"]) for t in moves[range_id] if t["at"] >= corrupted_at]
         assert steps[:2] == [("finished", "corrupted"), ("corrupted", "ready")], steps
         assert redispatched(moves[range_id], corrupted_at, set()), moves[range_id]

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import uproot
 
-from event_service.merge.register import catalog_entries
 from event_service.api.client import AdminClient
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
+from event_service.merge.register import catalog_entries
 from event_service.spec import TaskSpec
 from tests import servers
 from tests.airflow_cluster import AirflowCluster, ClusterConfig, pg_database

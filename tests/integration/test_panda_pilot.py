@@ -14,12 +14,12 @@ import uproot
 import yaml
 
 from event_service.api.app import create_app
+from event_service.api.panda.jobs import jobs_of_task
 from event_service.api.server import ServerThread, free_port
-from event_service.merge.register import catalog_entries
 from event_service.cli.airflow_demo import REPO, airflow_environment
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
-from event_service.api.panda.jobs import jobs_of_task
+from event_service.merge.register import catalog_entries
 from event_service.spec import TaskSpec
 from tests.panda_pilot import PilotUnavailable, run_pilot
 from tests.servers import S3Server

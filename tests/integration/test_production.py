@@ -14,10 +14,10 @@ import uproot
 import yaml
 from sqlalchemy import select
 
-from event_service.merge.register import catalog_entries
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.ledger.schema import tasks, workers
+from event_service.merge.register import catalog_entries
 from tests.airflow_cluster import AirflowCluster, ClusterConfig, pg_database
 from tests.servers import S3Server
 

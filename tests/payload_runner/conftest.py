@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from event_service.api.app import create_app
-from event_service.api.server import ServerThread
 from event_service.api.client import AdminClient
+from event_service.api.server import ServerThread
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.spec import InputFile, TaskSpec

@@ -38,7 +38,8 @@ def test_a_bad_payload_message_is_refused_and_the_range_retried(sqlite_dispatch:
     assert said in log and (bad_range in log or "rt.9.0-9" in log), log[-3000:]
     # The range failed with a code naming the problem, went back to ready, and finished on a later attempt
     # with an output the runner staged itself, never the refused file.
-    moves = [(t["to_status"], t["attempt"], t["error_code"]) for t in sqlite_dispatch.ledger.transitions("rt", bad_range)]
+    moves = [(t["to_status"], t["attempt"], t["error_code"])
+             for t in sqlite_dispatch.ledger.transitions("rt", bad_range)]
     assert moves[:3] == [("sent", 1, None), ("failed", 1, code), ("ready", 1, code)], moves
     assert moves[-1][0] == "finished" and moves[-1][1] >= 2, moves
     assert counts(sqlite_dispatch.ledger) == {"finished": 3}

@@ -14,12 +14,11 @@ from payload_runner.channel import (
     CHANNEL_ENV,
     MAX_IPC_PATH,
     PAYLOAD_ID_ENV,
-    ChannelClosedError,
-    ChannelError,
     PayloadChannel,
     RunnerChannel,
     channel_address,
 )
+from payload_runner.errors import ChannelClosedError, ChannelError
 
 
 def test_round_trip(tmp_path: Path) -> None:

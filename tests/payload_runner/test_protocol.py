@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from payload_runner.errors import ProtocolError
 from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
     NoMoreEvents,
     OutputReport,
-    ProtocolError,
     ReadyForEvents,
     parse_payload_message,
     parse_runner_message,

@@ -95,7 +95,8 @@ def test_a_crashed_payload_fails_its_range_and_is_restarted(sqlite_dispatch: Dis
     code, out = sqlite_dispatch.run(token, tmp_path / "w1")
     assert code == 0, sqlite_dispatch.log(tmp_path / "w1")
     assert summary(out)["restarts"] == 1
-    moves = [(t["to_status"], t["attempt"], t["error_code"]) for t in sqlite_dispatch.ledger.transitions("rt", "rt.1.30-59")]
+    moves = [(t["to_status"], t["attempt"], t["error_code"])
+             for t in sqlite_dispatch.ledger.transitions("rt", "rt.1.30-59")]
     assert moves == [("sent", 1, None), ("failed", 1, "ERR_PAYLOAD_EXIT"), ("ready", 1, "ERR_PAYLOAD_EXIT"),
                      ("sent", 2, None), ("finished", 2, None)]
     error = sqlite_dispatch.ledger.transitions("rt", "rt.1.30-59")[1]["error"]
@@ -107,7 +108,8 @@ def test_a_silent_payload_is_killed(sqlite_dispatch: Dispatch, evnt: list[InputF
     token = one_file_task(sqlite_dispatch, evnt, "toysim --cost-ms 1 --hang-at-range 2")
     code, _ = sqlite_dispatch.run(token, tmp_path / "w1", "--silence-timeout", "2")
     assert code == 0, sqlite_dispatch.log(tmp_path / "w1")
-    codes = [t["error_code"] for t in sqlite_dispatch.ledger.transitions("rt", "rt.1.30-59") if t["to_status"] == "failed"]
+    codes = [t["error_code"] for t in sqlite_dispatch.ledger.transitions("rt", "rt.1.30-59")
+             if t["to_status"] == "failed"]
     assert codes == ["ERR_PAYLOAD_HANG"]
     assert counts(sqlite_dispatch.ledger) == {"finished": 2}
 
@@ -238,7 +240,8 @@ def test_a_job_file_runs_without_a_server(evnt: list[InputFile], tmp_path: Path)
 @pytest.mark.parametrize(("args", "message"), [
     (["--server", "http://127.0.0.1:9"], "--server needs --task and a token"),
     (["--job-file", "/nonexistent/job.json"], "cannot read the job file"),
-    (["--server", "http://127.0.0.1:9", "--task", "t", "--token", "x", "--workers", "0"], "--workers must be at least 1"),
+    (["--server", "http://127.0.0.1:9", "--task", "t", "--token", "x", "--workers", "0"],
+     "--workers must be at least 1"),
 ])
 def test_bad_arguments_are_named(args: list[str], message: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "EVENT_SERVICE_TOKEN"}

@@ -6,9 +6,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from event_service.statuses import TaskState
 from event_service.messages import ClaimedRange, RangeUpdate, UpdateResult
 from event_service.spec import InputFile
+from event_service.statuses import TaskState
 from event_service.stores import LocalStore
 from payload_runner.options import RunnerOptions
 from payload_runner.runner import Runner

@@ -17,6 +17,8 @@ import pytest
 import uproot
 
 from event_service.inputs.generate import make_inputs
+from event_service.spec import InputFile
+from payload_runner.channel import CHANNEL_ENV, RunnerChannel, channel_address
 from payload_runner.protocol import (
     ErrorReport,
     EventRangeMessage,
@@ -25,8 +27,6 @@ from payload_runner.protocol import (
     ReadyForEvents,
     parse_payload_message,
 )
-from event_service.spec import InputFile
-from payload_runner.channel import CHANNEL_ENV, RunnerChannel, channel_address
 
 TOYSIM = Path(sys.executable).with_name("toysim")
 ANSWER_S = 60

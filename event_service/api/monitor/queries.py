@@ -39,11 +39,11 @@ from event_service.merge.register import catalog_entries
 from event_service.statuses import (
     FINAL,
     IN_FLIGHT,
-    OPEN,
     WITH_OUTPUT,
     RangeStatus,
     TaskState,
 )
+from event_service.statuses import task_state as task_state_of
 
 S = RangeStatus
 DEFAULT_WINDOW_S = 300.0
@@ -128,7 +128,7 @@ def _summaries(conn: Connection, records: Sequence[tuple[TaskRecord, str]], now:
         if state == TaskState.CANCELLED:
             task_state, eta = TaskState.CANCELLED, None
         else:
-            task_state = TaskState.RUNNING if any(counts[record.id][s] for s in OPEN) else TaskState.DONE
+            task_state = task_state_of(False, counts[record.id], record.max_fatal_ranges)
             left = remaining[record.id]
             eta = 0.0 if left == 0 else (left / rate if rate > 0 else None)
         found.append(TaskSummary(

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import RedirectResponse, Response
 
+from event_service.api.auth import require_reader
 from event_service.api.monitor.models import TaskDetail, TaskList
 from event_service.api.monitor.queries import (
     DEFAULT_DURATION_BINS,
@@ -19,6 +20,7 @@ from event_service.api.monitor.queries import (
     task_list,
 )
 from event_service.api.monitor.validations import ValidationCache
+from event_service.api.responses import ErrorReply, Responses
 from event_service.ledger import Ledger
 from event_service.merge.certify import Validation
 
@@ -53,10 +55,6 @@ def _now(request: Request) -> float:
 def monitor_router(open_ledger: Callable[[], Ledger]) -> APIRouter:
     """Read-only monitoring routes over the ledger, for the admin token, the monitor token, or a user the host
     lets in (``app.state.reader_checks``). ``app.state.monitor_clock``, when set, replaces the wall clock."""
-    # Imported here: the API package imports this module while it builds the app.
-    from event_service.api.auth import require_reader
-    from event_service.api.responses import ErrorReply, Responses
-
     reader: Responses = {
         401: {"model": ErrorReply, "description": "no credentials: the admin or the monitor token, or an Airflow UI "
                                                   "login"},

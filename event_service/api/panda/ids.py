@@ -12,14 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Self
 
+from event_service.api.errors import PandaRequestError
 from event_service.spec import TaskSpec
 
 PANDA_RANGE_ID = re.compile(r"^([0-9]{1,18})-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,18})-([0-9]{1,9})$")
 _LEDGER_RANGE_ID = re.compile(r"^[a-z0-9_-]{1,64}\.([0-9]+)\.([0-9]+)-([0-9]+)$")
-
-
-class PandaRequestError(ValueError):
-    """A PanDA request is malformed or names what does not exist; the text says which field and why."""
 
 
 @dataclass(frozen=True, slots=True)

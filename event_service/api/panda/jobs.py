@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from event_service.api.panda.ids import PandaRequestError
+from event_service.api.errors import PandaRequestError
 from event_service.ledger import Ledger
 from event_service.ledger.schema import panda_jobs, tasks
 

@@ -19,12 +19,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from event_service import settings
-from event_service.api.panda.ids import PandaRequestError
+from event_service.api.errors import PandaRequestError
 from event_service.api.panda.openapi import PANDA_METHOD, PANDA_QUEUE, PANDA_REQUEST
 from event_service.api.panda.service import FAILURE, PandaService, PandaSettings
 from event_service.api.panda.wire import encode_form, parse_request, wants_json
-from event_service.errors import LedgerUnavailableError
 from event_service.ledger import Ledger
+from event_service.ledger.errors import LedgerUnavailableError
 from event_service.spec import PANDA_QUEUE_PATTERN
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_service.api.panda.ids import PandaRangeId, PandaRequestError
+from event_service.api.errors import PandaRequestError, UnservableStoreError
+from event_service.api.panda.ids import PandaRangeId
 from event_service.api.panda.jobs import (
     ConsumerJob,
     create_job,
@@ -26,7 +27,6 @@ from event_service.api.panda.jobs import (
 )
 from event_service.api.panda.site import (
     StorageEndpoint,
-    UnservableStoreError,
     queue_description,
     task_endpoints,
 )
@@ -145,7 +145,8 @@ class PandaService:
         why = "; ".join(skipped) if skipped else "no running task of this queue has event ranges ready"
         return {"StatusCode": NO_JOBS, "errorDialog": f"no jobs for queue {queue!r}: {why}"}
 
-    def _definition(self, job: ConsumerJob, spec: TaskSpec, store: StorageEndpoint, label: str | None) -> dict[str, Any]:
+    def _definition(self, job: ConsumerJob, spec: TaskSpec, store: StorageEndpoint,
+                    label: str | None) -> dict[str, Any]:
         assert spec.panda is not None
         return {
             "StatusCode": OK, "PandaID": job.panda_id, "jobsetID": job.task_id, "taskID": job.task_id,

@@ -19,15 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from event_service.api.errors import UnservableStoreError
 from event_service.spec import StoreLocation, TaskSpec
 from event_service.urls import parse_storage_url
 
 STAGEOUT_SCOPE = "transient"  # the scope a pilot gives the archives it uploads
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
-
-
-class UnservableStoreError(ValueError):
-    """A task's object store is of a kind a PanDA pilot cannot upload to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from event_service.api.panda.ids import PandaRequestError
+from event_service.api.errors import PandaRequestError
 from event_service.messages import refuse_nul
 
 MAX_FIELD_CHARS = 1 << 20

@@ -20,13 +20,13 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import text
 
 from event_service.api.app import create_app
-from event_service.merge.register import register_output
-from event_service.merge.certify import Histogram, Validation
+from event_service.api.panda.router import METHODS
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
+from event_service.merge.certify import Histogram, Validation
 from event_service.merge.part import MergedFile
+from event_service.merge.register import register_output
 from event_service.messages import OutputRef, RangeUpdate
-from event_service.api.panda.router import METHODS
 from event_service.stores import LocalStore
 from tests.event_service.conftest import spec_data
 
@@ -133,6 +133,7 @@ def path_parameters(world: World, params: list[str]) -> st.SearchStrategy[dict[s
 
 WORKERS = ("w1", "w2", "wn1")
 HELD = ("alpha.1.0-9", "alpha.1.10-19")  # claimed by w1 in attempt 1 when the world is made
+EMPTY_MD5 = "1B2M2Y8AsgTpgAmY7PhCfg=="  # Content-MD5 of no bytes
 STATUSES = ("running", "finished", "failed", "fatal", "ready", "done", "cancelled")
 
 
@@ -143,7 +144,8 @@ def realistic_bodies(world: World, method: str, path: str) -> st.SearchStrategy[
                                     "adler32": st.sampled_from(["0a0b0c0d", "FFFFFFFF"]),
                                     "size": st.integers(0, 10**6)})
     update = st.one_of(
-        st.fixed_dictionaries({"range_id": range_id, "status": st.sampled_from(["running", "failed", "fatal", "ready"])},
+        st.fixed_dictionaries({"range_id": range_id,
+                               "status": st.sampled_from(["running", "failed", "fatal", "ready"])},
                               optional={"error_code": st.text(max_size=8), "attempt": st.integers(1, 3)}),
         st.fixed_dictionaries({"range_id": range_id, "status": st.just("finished"), "output": output},
                               optional={"cpu_s": st.floats(0, 100), "attempt": st.integers(1, 3)}))
@@ -161,11 +163,11 @@ def realistic_bodies(world: World, method: str, path: str) -> st.SearchStrategy[
     if path.endswith("/uploads"):
         held = st.fixed_dictionaries({"worker": st.just("w1"), "range_id": st.sampled_from(HELD), "attempt": st.just(1),
                                       "file_name": st.just("out.root"), "adler32": st.just("0a0b0c0d"),
-                                      "size": st.integers(0, 100)})
+                                      "size": st.integers(0, 100), "content_md5": st.just(EMPTY_MD5)})
         return held | st.fixed_dictionaries({
             "worker": st.sampled_from(WORKERS), "range_id": range_id, "attempt": st.sampled_from([1, 1, 2]),
             "file_name": st.sampled_from(["out.root", "../x", "a b"]), "adler32": st.just("0a0b0c0d"),
-            "size": st.integers(0, 100)})
+            "size": st.integers(0, 100), "content_md5": st.sampled_from([EMPTY_MD5, "not-md5"])})
     if path == "/server/panda/{method}":
         panda_id = st.sampled_from([*world.panda_ids, 99])
         report = st.fixed_dictionaries({"eventRangeID": st.sampled_from([*world.panda_range_ids, "1-2-3-4-5"]),

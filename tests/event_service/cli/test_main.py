@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from event_service.api.server import free_port
 from event_service.api.client import AdminClient, DispatchClient
-from event_service.statuses import TaskState
+from event_service.api.server import free_port
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import TaskSpec
+from event_service.statuses import TaskState
 from tests.event_service.conftest import spec_data
 
 EXE = Path(sys.executable).with_name("event-service")

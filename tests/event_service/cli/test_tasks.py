@@ -17,10 +17,10 @@ import yaml
 from rich.console import Console
 
 from event_service.api.app import create_app
+from event_service.api.client import DispatchClient
 from event_service.api.server import ServerThread, free_port
 from event_service.cli.main import main
 from event_service.cli.tasks import COLUMNS, RateMeter, bar, progress_view, timestamp
-from event_service.api.client import DispatchClient
 from event_service.ledger import Ledger
 from event_service.messages import OutputRef, RangeUpdate, TaskStatus
 from event_service.spec import TaskSpec

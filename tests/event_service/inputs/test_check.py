@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from event_service.inputs.check import InputCheckError, check_input, check_inputs, require_readable_inputs
+from event_service.inputs.check import check_input, check_inputs, require_readable_inputs
+from event_service.inputs.errors import InputCheckError
 from event_service.inputs.generate import make_inputs
 from event_service.spec import InputFile
 from tests.servers import XRootDServer, free_ports

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from event_service.ledger import Ledger
-from event_service.merge.archives import ArchiveError, ArchiveReader, find_member
+from event_service.merge.archives import ArchiveReader, find_member
 from event_service.merge.completion import check_completion
-from event_service.merge.part import CorruptedOutputsError, merge_part, report_corrupted
+from event_service.merge.errors import ArchiveError, CorruptedOutputsError
+from event_service.merge.part import merge_part, report_corrupted
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.spec import InputFile
 from event_service.statuses import RangeStatus

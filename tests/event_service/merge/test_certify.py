@@ -12,10 +12,10 @@ import pytest
 import uproot
 
 from event_service.checksums import adler32_file
+from event_service.errors import SpecError
 from event_service.inputs.generate import make_inputs
 from event_service.ledger import Ledger
 from event_service.merge.certify import (
-    ReferenceSetError,
     Validation,
     certify_merged,
     compare,
@@ -24,10 +24,11 @@ from event_service.merge.certify import (
     validate,
     write_validation,
 )
+from event_service.merge.errors import ReferenceSetError
 from event_service.merge.part import MergedFile
 from event_service.merge.register import catalog_entries, register_output
 from event_service.messages import OutputRef, RangeUpdate
-from event_service.spec import MergeSpec, SpecError, TaskSpec
+from event_service.spec import MergeSpec, TaskSpec
 from event_service.stores import LocalStore, S3Store
 from payload_runner.payloads.toysim import simulate, write_output
 from tests.event_service.conftest import spec_data

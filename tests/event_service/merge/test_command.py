@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from event_service.checksums import adler32_file
-from event_service.merge.command import MergeCommandError
-from event_service.merge.part import CorruptedOutputsError, MergeValidationError, merge_part
+from event_service.merge.errors import CorruptedOutputsError, MergeCommandError, MergeValidationError
+from event_service.merge.part import merge_part
 from event_service.statuses import RangeStatus
 from tests.event_service.merge.conftest import Task, leftovers, merged_numbers, toysim_output, tree_arrays
 

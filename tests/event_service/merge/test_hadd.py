@@ -11,8 +11,9 @@ import awkward as ak
 import pytest
 
 from event_service.checksums import adler32_file
-from event_service.merge.hadd import EXIT_HADD_FAILED, EXIT_USAGE, HADD_ENV, HaddNotFoundError, find_hadd
-from event_service.merge.part import CorruptedOutputsError, merge_part
+from event_service.merge.errors import CorruptedOutputsError, HaddNotFoundError
+from event_service.merge.hadd import EXIT_HADD_FAILED, EXIT_USAGE, HADD_ENV, find_hadd
+from event_service.merge.part import merge_part
 from tests.event_service.merge.conftest import BRANCHES, Task, leftovers, toysim_output, tree_arrays
 
 ADAPTER = Path(sys.executable).with_name("event-service-hadd")

@@ -22,13 +22,8 @@ from event_service.api.client import AdminClient
 from event_service.api.server import ServerThread, free_port
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger, RangeOutput
-from event_service.merge.part import (
-    CorruptedOutputsError,
-    MergedFile,
-    MissingStoreError,
-    merge_part,
-    report_corrupted,
-)
+from event_service.merge.errors import CorruptedOutputsError, MissingStoreError
+from event_service.merge.part import MergedFile, merge_part, report_corrupted
 from event_service.merge.plan import MergePart, part_file_name, plan_merge
 from event_service.spec import InputFile, TaskSpec
 from event_service.statuses import RangeStatus

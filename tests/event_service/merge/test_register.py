@@ -11,18 +11,16 @@ import pytest
 
 from event_service.api.server import free_port
 from event_service.ledger import Ledger
-from event_service.merge.part import MergedFile, MissingStoreError, merge_part
-from event_service.merge.plan import plan_merge
-from event_service.merge.register import (
+from event_service.merge.errors import (
     CatalogConflictError,
-    CatalogEntry,
     IncompletePartError,
+    MissingStoreError,
     StorageWriteError,
     StoredFileExistsError,
-    catalog_entries,
-    cleanup_range_outputs,
-    register_output,
 )
+from event_service.merge.part import MergedFile, merge_part
+from event_service.merge.plan import plan_merge
+from event_service.merge.register import CatalogEntry, catalog_entries, cleanup_range_outputs, register_output
 from event_service.messages import RangeUpdate
 from event_service.spec import InputFile
 from event_service.statuses import RangeStatus

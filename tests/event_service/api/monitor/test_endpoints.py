@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import event_service.merge.register
 import event_service.ledger.ledger
+import event_service.merge.register
 from event_service.api.app import create_app
-from event_service.merge.register import register_output
+from event_service.api.monitor.queries import auto_bin_s, redact_url
+from event_service.api.monitor.router import ASSETS
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
 from event_service.merge.part import MergedFile
+from event_service.merge.register import register_output
 from event_service.messages import OutputRef, RangeUpdate
-from event_service.api.monitor.queries import auto_bin_s, redact_url
-from event_service.api.monitor.router import ASSETS
 from event_service.stores import LocalStore
 from tests.event_service.conftest import make_spec
 

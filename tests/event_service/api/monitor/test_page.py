@@ -12,15 +12,15 @@ import pytest
 
 from event_service.api.app import create_app
 from event_service.api.server import ServerThread
-from event_service.merge.register import register_output
-from event_service.merge.certify import Comparison, Histogram, Validation
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
+from event_service.merge.certify import Comparison, Histogram, Validation
 from event_service.merge.part import MergedFile
+from event_service.merge.register import register_output
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.stores import LocalStore
-from tests.event_service.conftest import make_spec
 from tests.event_service.api.monitor.cdp import Page, chromium
+from tests.event_service.conftest import make_spec
 
 pytestmark = pytest.mark.browser
 

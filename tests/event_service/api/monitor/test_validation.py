@@ -7,11 +7,11 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from event_service.api.app import create_app
-from event_service.merge.register import register_output
-from event_service.merge.certify import Comparison, Histogram, Validation
 from event_service.checksums import adler32_file
 from event_service.ledger import Ledger
+from event_service.merge.certify import Comparison, Histogram, Validation
 from event_service.merge.part import MergedFile
+from event_service.merge.register import register_output
 from event_service.messages import OutputRef, RangeUpdate
 from event_service.stores import LocalStore
 from tests.event_service.conftest import make_spec

@@ -13,12 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from event_service.api.app import create_app
-from event_service.ledger import Ledger
-from event_service.statuses import RangeStatus
-from event_service.api.panda.ids import PandaRangeId, PandaRequestError
+from event_service.api.errors import PandaRequestError
+from event_service.api.panda.ids import PandaRangeId
 from event_service.api.panda.jobs import jobs_of_task
 from event_service.api.panda.site import store_id
+from event_service.ledger import Ledger
 from event_service.spec import TaskSpec
+from event_service.statuses import RangeStatus
 
 S = RangeStatus
 PANDA = "/server/panda"

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from event_service.api.app import create_app
-from event_service.api.panda.ids import PandaRequestError
+from event_service.api.errors import PandaRequestError
 from event_service.api.panda.wire import MAX_JSON_DEPTH, int_field, json_field, loads_json, parse_request
 from tests.event_service.api.conftest import ADMIN, Api
 from tests.event_service.api.test_api import ledger_state
